@@ -1,0 +1,7 @@
+"""lenet: train, evaluate, run, export and benchmark LeNet-5 on MNIST.
+
+This module must stay import-light: `lenet --help` imports it, and it must not
+pull in torch (2+ seconds on a small machine).
+"""
+
+__version__ = "0.1.0"

@@ -1,0 +1,114 @@
+"""Choosing the device for every command: one place, one set of rules, no silent fallback.
+
+`auto` picks CUDA, then MPS, then CPU. Anything explicitly asked for must exist,
+or we raise DeviceError with a message that says what *is* available.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import TYPE_CHECKING
+
+from lenet_cli.errors import DeviceError, UsageError
+
+if TYPE_CHECKING:  # pragma: no cover
+    import torch
+
+DEVICE_HELP = "auto | cpu | cuda | cuda:N | mps. 'auto' picks CUDA, then MPS, then CPU."
+_DEVICE_RE = re.compile(r"^(auto|cpu|mps|cuda)(?::(\d+))?$")
+
+
+def parse_device_spec(spec: str) -> tuple[str, int | None]:
+    """Validate the syntax of a device string without importing torch.
+
+    Returns (kind, index). Raises UsageError for anything else, so a typo is a usage error (exit 2).
+    """
+    text = spec.strip().lower()
+    match = _DEVICE_RE.match(text)
+    if not match or (match.group(2) is not None and match.group(1) != "cuda"):
+        raise UsageError(f"Invalid device {spec!r}.", f"Use one of: {DEVICE_HELP}")
+    index = int(match.group(2)) if match.group(2) is not None else None
+    return match.group(1), index
+
+
+def _mps_available() -> bool:
+    import torch
+
+    backend = getattr(torch.backends, "mps", None)
+    return bool(backend is not None and backend.is_available())
+
+
+def resolve_device(spec: str = "auto") -> torch.device:
+    """Turn a device string into a torch.device that exists on this machine."""
+    import torch
+
+    kind, index = parse_device_spec(spec)
+    if kind == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda", 0)
+        if _mps_available():
+            return torch.device("mps")
+        return torch.device("cpu")
+    if kind == "cpu":
+        return torch.device("cpu")
+    if kind == "mps":
+        if not _mps_available():
+            raise DeviceError(
+                "MPS was requested but is not available on this machine.",
+                "MPS needs Apple silicon and a macOS build of PyTorch; use --device cpu or --device auto.",
+            )
+        return torch.device("mps")
+    # cuda
+    if not torch.cuda.is_available():
+        built = torch.version.cuda
+        why = (
+            "this PyTorch build has no CUDA support"
+            if not built
+            else f"PyTorch was built for CUDA {built}, but no NVIDIA GPU or driver was found"
+        )
+        raise DeviceError(
+            f"CUDA was requested but is not available: {why}.",
+            "Use --device cpu or --device auto.",
+        )
+    count = torch.cuda.device_count()
+    index = 0 if index is None else index
+    if index >= count:
+        raise DeviceError(
+            f"CUDA device {index} was requested but this machine has {count} GPU(s) (cuda:0..cuda:{count - 1}).",
+            "Pick an existing index or use --device cuda.",
+        )
+    return torch.device("cuda", index)
+
+
+def describe_device(device: torch.device) -> str:
+    """A human name for a device, e.g. 'cuda:0 (NVIDIA H100 80GB HBM3)' or 'cpu (2 threads)'."""
+    import torch
+
+    if device.type == "cuda":
+        index = device.index if device.index is not None else torch.cuda.current_device()
+        return f"cuda:{index} ({torch.cuda.get_device_name(index)})"
+    if device.type == "cpu":
+        return f"cpu ({torch.get_num_threads()} threads)"
+    return str(device)
+
+
+def onnx_providers(spec: str) -> list[str]:
+    """onnxruntime execution providers for a device string; never a silent fallback to CPU."""
+    import onnxruntime as ort
+
+    kind, index = parse_device_spec(spec)
+    available = ort.get_available_providers()
+    if kind in ("cpu", "mps"):
+        if kind == "mps":
+            raise DeviceError(
+                "onnxruntime has no MPS backend.", "Use --device cpu for .onnx files, or a .safetensors file on MPS."
+            )
+        return ["CPUExecutionProvider"]
+    if kind == "auto":
+        return (["CUDAExecutionProvider"] if "CUDAExecutionProvider" in available else []) + ["CPUExecutionProvider"]
+    if "CUDAExecutionProvider" not in available:
+        raise DeviceError(
+            "CUDA was requested for an ONNX model, but the installed onnxruntime has no CUDA execution provider.",
+            "Install GPU support with: pip uninstall onnxruntime && pip install onnxruntime-gpu",
+        )
+    return ["CUDAExecutionProvider"]

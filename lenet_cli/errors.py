@@ -1,0 +1,58 @@
+"""The project's exceptions. Core modules raise these; the CLI turns them into one line and an exit code.
+
+Exit codes (documented in the README):
+    0  success
+    1  a failure the user can fix (missing file, bad weights, no device, ...)
+    2  a usage error (bad option value); Typer uses 2 for its own usage errors too
+    130 interrupted by Ctrl-C
+"""
+
+from __future__ import annotations
+
+EXIT_FAILURE = 1
+EXIT_USAGE = 2
+EXIT_INTERRUPTED = 130
+
+
+class LenetError(Exception):
+    """Base class: a message that says what went wrong and, optionally, what to do next."""
+
+    exit_code = EXIT_FAILURE
+
+    def __init__(self, message: str, hint: str | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.hint = hint
+
+    def __str__(self) -> str:
+        return self.message if not self.hint else f"{self.message} {self.hint}"
+
+
+class UsageError(LenetError):
+    """An option value that cannot work (a bad device string, a split larger than the data)."""
+
+    exit_code = EXIT_USAGE
+
+
+class DeviceError(LenetError):
+    """The requested device does not exist on this machine."""
+
+
+class DataError(LenetError):
+    """MNIST is missing, corrupt or fails its checksum."""
+
+
+class WeightsError(LenetError):
+    """A weights file is missing, corrupt or does not match the model."""
+
+
+class ImageError(LenetError):
+    """An image file cannot be read or holds no digit."""
+
+
+class ExportError(LenetError):
+    """ONNX export or its verification failed."""
+
+
+class OutputError(LenetError):
+    """A file or directory could not be written."""

@@ -1,0 +1,81 @@
+"""Atomic file writes: a crash or a kill mid-write never leaves a truncated file behind."""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import os
+import tempfile
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+from lenet_cli.errors import OutputError
+
+
+def ensure_dir(path: Path) -> Path:
+    """Create `path` (and parents) or raise OutputError with a message that names it."""
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise OutputError(
+            f"Cannot create directory {path}: {exc.strerror or exc}.",
+            "Choose a writable location with --output-dir.",
+        ) from exc
+    return path
+
+
+@contextlib.contextmanager
+def atomic_path(target: Path) -> Iterator[Path]:
+    """Yield a temporary path next to `target`; on success rename it over `target`.
+
+    The temporary file lives in the same directory so the final `os.replace` is an
+    atomic rename on POSIX and Windows. On any error the temporary file is removed
+    and a previous `target` is left untouched.
+    """
+    target = Path(target)
+    ensure_dir(target.parent)
+    try:
+        fd, tmp_name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
+    except OSError as exc:
+        raise _output_error(target, exc) from exc
+    os.close(fd)
+    tmp = Path(tmp_name)
+    try:
+        yield tmp
+        # fsync so that after a power cut the renamed file has its data, not zero bytes.
+        with open(tmp, "rb+") as fh:
+            os.fsync(fh.fileno())
+        os.replace(tmp, target)
+    except OSError as exc:
+        tmp.unlink(missing_ok=True)
+        raise _output_error(target, exc) from exc
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+def atomic_write_bytes(target: Path, data: bytes) -> Path:
+    """Write `data` to `target` atomically."""
+    with atomic_path(target) as tmp:
+        tmp.write_bytes(data)
+    return Path(target)
+
+
+def atomic_write_text(target: Path, text: str) -> Path:
+    """Write `text` (UTF-8) to `target` atomically."""
+    return atomic_write_bytes(target, text.encode("utf-8"))
+
+
+def atomic_write_with(target: Path, writer: Callable[[Path], None]) -> Path:
+    """Let `writer` fill a temporary path, then move it over `target` atomically."""
+    with atomic_path(target) as tmp:
+        writer(tmp)
+    return Path(target)
+
+
+def _output_error(target: Path, exc: OSError) -> OutputError:
+    if exc.errno == errno.ENOSPC:
+        return OutputError(f"Disk full while writing {target}.", "Free some space and run the command again.")
+    if exc.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
+        return OutputError(f"Cannot write {target}: permission denied.", "Choose a writable location.")
+    return OutputError(f"Cannot write {target}: {exc.strerror or exc}.")

@@ -1,0 +1,224 @@
+"""Turn any image of a digit into the form MNIST digits were made in.
+
+MNIST digits are bright anti-aliased ink on black, the digit fitted into a 20x20
+box keeping its aspect ratio, then centred by centre of mass in a 28x28 frame.
+Photos, scans and drawings are none of that, so predicting on a plain resize is
+wrong most of the time. The steps, in order:
+
+1. decode (EXIF orientation honoured; 16-bit scaled; transparency handled: for an
+   icon on a transparent background the opacity *is* the ink);
+2. polarity: the border's median tells the background; dark-on-light is inverted
+   (``invert`` forces either way);
+3. background and contrast: subtract the background level, stretch so the ink
+   reaches full brightness, drop faint noise;
+4. crop to the ink's bounding box;
+5. thicken thin strokes (a thin pen on a big canvas) to MNIST's stroke-to-size ratio;
+6. fit into 20x20 keeping the aspect ratio, area-averaged (anti-aliased);
+7. centre by centre of mass in 28x28.
+
+Images that already look like MNIST (28x28, black background) pass through unchanged.
+Only numpy and Pillow are used: this path must not import torch.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from lenet_cli.errors import ImageError
+
+MNIST_SIZE = 28
+MNIST_BOX = 20  # MNIST digits are fitted into 20x20 ...
+WORK_BOX = 80  # ... we thicken strokes at 4x that size, then shrink with area averaging
+TARGET_STROKE = 0.11  # MNIST stroke width / digit box size (about 2.2 px in 20)
+MAX_PIXELS = 50_000_000  # refuse absurdly large images (decompression bombs)
+INK_FLOOR = 0.2  # after contrast stretch, below this is paper texture or noise
+SUPPORTED = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp")
+
+
+@dataclass(frozen=True)
+class Prepared:
+    """A preprocessed image: uint8 (28, 28) bright ink on black, plus what was decided."""
+
+    pixels: np.ndarray
+    inverted: bool
+    passthrough: bool
+
+
+def load_gray(path: Path) -> tuple[np.ndarray, np.ndarray | None]:
+    """Decode an image file into float32 grey levels in [0, 1] and, if it has one, an alpha map."""
+    from PIL import Image, ImageOps, UnidentifiedImageError
+
+    Image.MAX_IMAGE_PIXELS = MAX_PIXELS
+    path = Path(path)
+    if not path.exists():
+        raise ImageError(f"{path}: file not found.")
+    if path.is_dir():
+        raise ImageError(f"{path}: is a directory.")
+    try:
+        with Image.open(path) as img:
+            if img.width * img.height > MAX_PIXELS:
+                raise ImageError(f"{path}: image is {img.width}x{img.height}, too large (limit {MAX_PIXELS:,} pixels).")
+            img.seek(0)  # first frame of an animated GIF/WebP/TIFF
+            img = ImageOps.exif_transpose(img) or img
+            img.load()
+            return _to_gray(img)
+    except ImageError:
+        raise
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
+        raise ImageError(f"{path}: image is too large ({exc}).") from exc
+    except UnidentifiedImageError as exc:
+        raise ImageError(f"{path}: not an image Pillow can read.") from exc
+    except (OSError, SyntaxError, ValueError, EOFError) as exc:
+        raise ImageError(f"{path}: cannot decode image ({str(exc).splitlines()[0] if str(exc) else type(exc).__name__}).") from exc
+
+
+def _to_gray(img) -> tuple[np.ndarray, np.ndarray | None]:
+    mode = img.mode
+    alpha = None
+    if mode == "P":
+        img = img.convert("RGBA" if "transparency" in img.info else "RGB")
+        mode = img.mode
+    if mode in ("I;16", "I;16B", "I;16L", "I", "F"):
+        arr = np.asarray(img, dtype=np.float32)
+        hi = 65535.0 if mode.startswith("I;16") or arr.max() > 255 else 255.0
+        return np.clip(arr / hi, 0, 1), None
+    if mode in ("RGBA", "LA", "PA"):
+        alpha = np.asarray(img.getchannel("A"), dtype=np.float32) / 255.0
+        img = img.convert("RGB" if mode == "RGBA" else "L")
+    if mode == "1":
+        img = img.convert("L")
+    gray = np.asarray(img.convert("L"), dtype=np.float32) / 255.0
+    return gray, alpha
+
+
+def _border(a: np.ndarray) -> np.ndarray:
+    return np.concatenate([a[0], a[-1], a[:, 0], a[:, -1]])
+
+
+def is_mnist_like(gray: np.ndarray) -> bool:
+    """28x28, dark background border, some bright ink: already in MNIST form."""
+    return gray.shape == (MNIST_SIZE, MNIST_SIZE) and float(np.median(_border(gray))) < 0.1 and gray.max() > 0.5
+
+
+def ink_map(gray: np.ndarray, alpha: np.ndarray | None, invert: bool | None) -> tuple[np.ndarray, bool]:
+    """Ink intensity in [0, 1] (1 = full ink) and whether the image was inverted."""
+    if alpha is not None and float(alpha.min()) < 0.99:
+        opaque = float((alpha > 0.5).mean())
+        if opaque < 0.6 and invert is None:
+            # An icon: the digit is what is opaque, whatever its colour.
+            return alpha.astype(np.float32), False
+        # Mostly opaque with some transparency: composite over white, then treat as usual.
+        gray = gray * alpha + (1.0 - alpha)
+    background = float(np.median(_border(gray)))
+    inverted = background > 0.5 if invert is None else invert
+    ink = 1.0 - gray if inverted else gray
+    bg = 1.0 - background if inverted else background
+    ink = ink - bg
+    top = float(np.percentile(ink[ink > 0], 99)) if np.any(ink > 0) else 0.0
+    if top <= 0.05:
+        return np.zeros_like(ink), inverted
+    ink = np.clip(ink / top, 0.0, 1.0)
+    ink[ink < INK_FLOOR] = 0.0
+    return ink.astype(np.float32), inverted
+
+
+def _stroke_width(mask: np.ndarray) -> float:
+    # Width ~ area / (perimeter / 2) for a long thin stroke; perimeter counts boundary pixels.
+    area = float(mask.sum())
+    if area == 0:
+        return 0.0
+    padded = np.pad(mask, 1)
+    interior = padded[1:-1, 1:-1] & padded[:-2, 1:-1] & padded[2:, 1:-1] & padded[1:-1, :-2] & padded[1:-1, 2:]
+    perimeter = float(area - interior.sum())
+    return 2.0 * area / max(perimeter, 1.0)
+
+
+def _center_of_mass_place(digit: np.ndarray) -> np.ndarray:
+    """Paste a (h<=20, w<=20) digit into 28x28 so its centre of mass is at the centre."""
+    h, w = digit.shape
+    total = float(digit.sum())
+    ys, xs = np.mgrid[0:h, 0:w]
+    cy = float((ys * digit).sum() / total) if total else h / 2
+    cx = float((xs * digit).sum() / total) if total else w / 2
+    top = int(round(MNIST_SIZE / 2 - cy - 0.5))
+    left = int(round(MNIST_SIZE / 2 - cx - 0.5))
+    top = min(max(top, 0), MNIST_SIZE - h)
+    left = min(max(left, 0), MNIST_SIZE - w)
+    out = np.zeros((MNIST_SIZE, MNIST_SIZE), dtype=np.float32)
+    out[top : top + h, left : left + w] = digit
+    return out
+
+
+def to_mnist(gray: np.ndarray, alpha: np.ndarray | None = None, invert: bool | None = None) -> Prepared:
+    """Preprocess grey levels (and alpha) into a 28x28 uint8 MNIST-style digit."""
+    from PIL import Image, ImageFilter
+
+    if alpha is None and invert is None and is_mnist_like(gray):
+        return Prepared(np.round(gray * 255).astype(np.uint8), inverted=False, passthrough=True)
+    ink, inverted = ink_map(gray, alpha, invert)
+    rows = np.flatnonzero(ink.max(axis=1) > 0)
+    cols = np.flatnonzero(ink.max(axis=0) > 0)
+    if rows.size == 0:
+        raise ImageError("no ink found: the image is blank or has no contrast.")
+    crop = ink[rows[0] : rows[-1] + 1, cols[0] : cols[-1] + 1]
+    h, w = crop.shape
+    # Bring the digit to the working size (long side WORK_BOX), area-averaged.
+    scale = WORK_BOX / max(h, w)
+    wh = (max(1, round(w * scale)), max(1, round(h * scale)))
+    work = Image.fromarray((crop * 255).astype(np.uint8)).resize(wh, Image.Resampling.BOX if scale < 1 else Image.Resampling.BILINEAR)
+    arr = np.asarray(work, dtype=np.float32) / 255.0
+    if arr.max() > 0:
+        arr = arr / arr.max()  # thin strokes fade when shrunk; restore full ink
+    # Thicken strokes that are thinner than MNIST's at this size (odd MaxFilter sizes only).
+    width = _stroke_width(arr > 0.35)
+    target = TARGET_STROKE * WORK_BOX
+    if 0 < width < 0.75 * target:
+        size = int(round(target - width)) | 1
+        work = Image.fromarray((arr * 255).astype(np.uint8)).filter(ImageFilter.MaxFilter(min(size, 15)))
+        work = work.filter(ImageFilter.GaussianBlur(1.0))
+        arr = np.asarray(work, dtype=np.float32) / 255.0
+    # Fit into 20x20 keeping the aspect ratio.
+    h, w = arr.shape
+    s = MNIST_BOX / max(h, w)
+    small = Image.fromarray((np.clip(arr, 0, 1) * 255).astype(np.uint8)).resize(
+        (max(1, round(w * s)), max(1, round(h * s))), Image.Resampling.LANCZOS
+    )
+    digit = np.asarray(small, dtype=np.float32) / 255.0
+    placed = _center_of_mass_place(np.clip(digit, 0, 1))
+    return Prepared(np.round(placed * 255).astype(np.uint8), inverted=inverted, passthrough=False)
+
+
+def prepare_file(path: Path, invert: bool | None = None) -> Prepared:
+    """Load and preprocess one image file."""
+    gray, alpha = load_gray(path)
+    if gray.size == 0 or min(gray.shape) < 1:
+        raise ImageError(f"{path}: image is empty.")
+    try:
+        return to_mnist(gray, alpha, invert)
+    except ImageError as exc:
+        raise ImageError(f"{path}: {exc.message}") from None
+
+
+def expand_inputs(items: list[str]) -> list[Path]:
+    """Files, directories (their images, sorted) and glob patterns -> a list of paths.
+
+    A name that matches nothing is kept, so it is reported as 'file not found' in its row.
+    """
+    import glob
+
+    paths: list[Path] = []
+    for item in items:
+        p = Path(item).expanduser()
+        if p.is_dir():
+            paths += sorted(q for q in p.iterdir() if q.is_file() and q.suffix.lower() in SUPPORTED)
+        elif any(ch in item for ch in "*?["):
+            matches = sorted(glob.glob(str(p), recursive=True))
+            paths += [Path(m) for m in matches if Path(m).is_file()]
+            if not matches:
+                paths.append(p)
+        else:
+            paths.append(p)
+    return paths

@@ -1,0 +1,351 @@
+"""The training loop. Reports progress through an observer, returns metrics; never prints.
+
+The whole data set sits on the training device as uint8; each step slices a batch,
+converts it to float and (optionally) augments it with one batched affine warp.
+Shuffling and augmentation draw from a CPU generator seeded by --seed, so the
+order of examples does not depend on the device.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from lenet_cli.errors import UsageError
+
+if TYPE_CHECKING:  # pragma: no cover
+    import torch
+
+    from lenet_cli.data import MnistSplit
+    from lenet_cli.model import LeNet5
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """All settings of a training run. Saved in the weights file's metadata."""
+
+    preset: str = "modern"
+    epochs: int = 15
+    batch_size: int = 128
+    lr: float = 4e-3  # peak learning rate of the one-cycle schedule
+    weight_decay: float = 5e-4
+    optimizer: str = "adamw"  # adamw | sgd
+    momentum: float = 0.9  # for sgd
+    schedule: str = "onecycle"  # onecycle | constant
+    label_smoothing: float = 0.0
+    augment: bool = True
+    max_rotation: float = 8.0  # degrees
+    max_shift: float = 2.0  # pixels
+    max_scale: float = 0.08  # +/- fraction
+    val_size: int = 5000
+    seed: int = 0
+    device: str = "auto"
+    dry_run: bool = False  # one batch per epoch: a quick check that everything runs
+
+    def validate(self) -> None:
+        """Raise UsageError for settings that cannot work."""
+        if self.epochs < 1:
+            raise UsageError(f"--epochs must be at least 1, got {self.epochs}.")
+        if self.batch_size < 1:
+            raise UsageError(f"--batch-size must be at least 1, got {self.batch_size}.")
+        if not (math.isfinite(self.lr) and self.lr > 0):
+            raise UsageError(f"--lr must be a positive number, got {self.lr}.")
+        if self.weight_decay < 0:
+            raise UsageError(f"--weight-decay must be >= 0, got {self.weight_decay}.")
+        if not 0 <= self.label_smoothing < 1:
+            raise UsageError(f"--label-smoothing must be in [0, 1), got {self.label_smoothing}.")
+        if self.val_size < 0:
+            raise UsageError(f"--val-size must be >= 0, got {self.val_size}.")
+        if self.optimizer not in ("adamw", "sgd"):
+            raise UsageError(f"--optimizer must be adamw or sgd, got {self.optimizer!r}.")
+        if self.schedule not in ("onecycle", "constant"):
+            raise UsageError(f"--schedule must be onecycle or constant, got {self.schedule!r}.")
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain dict for metadata and JSON output."""
+        return dataclasses.asdict(self)
+
+
+@dataclass(frozen=True)
+class EpochRecord:
+    """One row of the per-epoch table."""
+
+    epoch: int
+    train_loss: float
+    train_acc: float
+    val_loss: float
+    val_acc: float
+    lr: float
+    seconds: float
+    images_per_s: float
+
+
+@dataclass
+class TrainResult:
+    """What a run produced: history, best epoch and the models' states (CPU tensors)."""
+
+    history: list[EpochRecord]
+    best_epoch: int
+    best_state: dict[str, "torch.Tensor"]
+    last_state: dict[str, "torch.Tensor"]
+    model: "LeNet5"
+    param_count: int
+    device: str
+    train_seconds: float
+    interrupted: bool = False
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def best(self) -> EpochRecord | None:
+        """The epoch with the best validation accuracy (last epoch when there is no validation set)."""
+        return next((r for r in self.history if r.epoch == self.best_epoch), None)
+
+
+class TrainObserver:
+    """Receives progress; the CLI subclasses it to draw Rich progress. Methods are no-ops here."""
+
+    def on_start(self, info: dict[str, Any]) -> None:
+        """Called once the data is on the device and the model is built."""
+
+    def on_epoch_start(self, epoch: int, steps: int) -> None:
+        """Called before the first step of an epoch."""
+
+    def on_step(self, epoch: int, step: int, steps: int, loss: float, images_per_s: float) -> None:
+        """Called every few steps with the running loss."""
+
+    def on_epoch_end(self, record: EpochRecord) -> None:
+        """Called after validation at the end of an epoch."""
+
+
+def seed_everything(seed: int) -> None:
+    """Seed torch's global generators (model init, dropout) on every device."""
+    import torch
+
+    torch.manual_seed(seed)
+    if torch.cuda.is_available():
+        torch.cuda.manual_seed_all(seed)
+
+
+def augment_batch(x: "torch.Tensor", cfg: TrainConfig, gen: "torch.Generator") -> "torch.Tensor":
+    """Random rotation, scale and shift of a batch (B, 1, 28, 28) with one affine warp.
+
+    Parameters are drawn on the CPU from `gen` so the same seed gives the same
+    augmentation on every device. Pixels outside the image are black (0), as in MNIST.
+    """
+    import torch
+    import torch.nn.functional as F
+
+    b = x.shape[0]
+    u = torch.rand(b, 4, generator=gen) * 2 - 1  # uniform in [-1, 1]
+    angle = u[:, 0] * math.radians(cfg.max_rotation)
+    scale = 1 + u[:, 1] * cfg.max_scale
+    # affine_grid works in normalised coordinates where the image spans [-1, 1], i.e. 14 px per unit.
+    shift = u[:, 2:] * (cfg.max_shift / 14.0)
+    cos, sin = torch.cos(angle) / scale, torch.sin(angle) / scale
+    theta = torch.stack([torch.stack([cos, -sin, shift[:, 0]], 1), torch.stack([sin, cos, shift[:, 1]], 1)], 1)
+    grid = F.affine_grid(theta.to(x.device, x.dtype), list(x.shape), align_corners=False)
+    return F.grid_sample(x, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
+
+
+def _optimizer(model: "LeNet5", cfg: TrainConfig) -> "torch.optim.Optimizer":
+    import torch
+
+    # No weight decay on biases and norm parameters: decaying them only hurts.
+    decay = [p for n, p in model.named_parameters() if p.ndim > 1]
+    no_decay = [p for n, p in model.named_parameters() if p.ndim <= 1]
+    groups = [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    if cfg.optimizer == "sgd":
+        return torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum, nesterov=True)
+    return torch.optim.AdamW(groups, lr=cfg.lr)
+
+
+def _scheduler(opt: "torch.optim.Optimizer", cfg: TrainConfig, steps_per_epoch: int):
+    import torch
+
+    if cfg.schedule == "constant":
+        return torch.optim.lr_scheduler.LambdaLR(opt, lambda _: 1.0)
+    return torch.optim.lr_scheduler.OneCycleLR(
+        opt, max_lr=cfg.lr, epochs=cfg.epochs, steps_per_epoch=steps_per_epoch, pct_start=0.2
+    )
+
+
+def train(
+    cfg: TrainConfig,
+    train_split: "MnistSplit",
+    val_split: "MnistSplit",
+    device: "torch.device",
+    observer: TrainObserver | None = None,
+) -> TrainResult:
+    """Train a LeNet-5 preset and return its history and best/last states.
+
+    Ctrl-C stops at the end of the current step; the result is returned with
+    `interrupted=True` so the caller can still save what was learned.
+    """
+    import torch
+    import torch.nn.functional as F
+
+    from lenet_cli.evaluate import summarize, torch_logits
+    from lenet_cli.model import build_model, count_parameters, preset_config
+
+    cfg.validate()
+    observer = observer or TrainObserver()
+    try:
+        model_cfg = preset_config(cfg.preset)
+    except KeyError as exc:
+        raise UsageError(str(exc.args[0])) from None
+    if len(train_split) == 0:
+        raise UsageError("The training set is empty.")
+
+    seed_everything(cfg.seed)
+    if device.type == "cuda":
+        torch.backends.cudnn.benchmark = False
+        torch.backends.cudnn.deterministic = True
+    model = build_model(model_cfg).to(device)
+    param_count = count_parameters(model)
+
+    # The whole data set goes to the device once: no DataLoader, no per-sample Python.
+    x_train = train_split.images.to(device)
+    y_train = train_split.labels.to(device).long()
+    x_val = val_split.images.to(device)
+    y_val = val_split.labels.to(device).long()
+
+    n = x_train.shape[0]
+    bs = min(cfg.batch_size, n)
+    steps = 1 if cfg.dry_run else math.ceil(n / bs)
+    opt = _optimizer(model, cfg)
+    sched = _scheduler(opt, cfg, steps)
+    gen = torch.Generator().manual_seed(cfg.seed)  # CPU generator: device-independent shuffling
+
+    observer.on_start(
+        {"param_count": param_count, "train_size": n, "val_size": int(x_val.shape[0]), "steps_per_epoch": steps}
+    )
+    history: list[EpochRecord] = []
+    best_acc, best_epoch = -1.0, 0
+    best_state = last_state = {}
+    interrupted = False
+    run_start = time.perf_counter()
+    for epoch in range(1, cfg.epochs + 1):
+        model.train()
+        observer.on_epoch_start(epoch, steps)
+        perm = torch.randperm(n, generator=gen).to(device)
+        start = time.perf_counter()
+        loss_sum = torch.zeros((), device=device)
+        correct = torch.zeros((), device=device, dtype=torch.long)
+        seen = 0
+        try:
+            for step in range(steps):
+                idx = perm[step * bs : (step + 1) * bs]
+                x = x_train[idx].unsqueeze(1).float()  # (B, 1, 28, 28) raw pixels 0-255
+                y = y_train[idx]
+                if cfg.augment:
+                    x = augment_batch(x, cfg, gen)
+                logits = model(x)
+                loss = F.cross_entropy(logits, y, label_smoothing=cfg.label_smoothing)
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                opt.step()
+                sched.step()
+                # Accumulate on the device; a .item() per step would synchronise the GPU every step.
+                loss_sum += loss.detach() * y.shape[0]
+                correct += (logits.detach().argmax(1) == y).sum()
+                seen += y.shape[0]
+                if step % 20 == 0 or step == steps - 1:
+                    elapsed = time.perf_counter() - start
+                    observer.on_step(epoch, step + 1, steps, loss.item(), seen / max(elapsed, 1e-9))
+        except KeyboardInterrupt:
+            interrupted = True
+        seconds = time.perf_counter() - start
+        if interrupted and seen == 0:
+            break
+        val = summarize(torch_logits(model, x_val), y_val) if x_val.shape[0] else None
+        record = EpochRecord(
+            epoch=epoch,
+            train_loss=(loss_sum / max(seen, 1)).item(),
+            train_acc=(correct.float() / max(seen, 1)).item(),
+            val_loss=val.loss if val else float("nan"),
+            val_acc=val.accuracy if val else float("nan"),
+            lr=opt.param_groups[0]["lr"],
+            seconds=seconds,
+            images_per_s=seen / max(seconds, 1e-9),
+        )
+        history.append(record)
+        observer.on_epoch_end(record)
+        last_state = {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}
+        # Model selection uses the validation split only; without one, the last epoch wins.
+        score = record.val_acc if val else float(epoch)
+        if score > best_acc:
+            best_acc, best_epoch, best_state = score, epoch, last_state
+        if interrupted:
+            break
+    if not history:
+        raise KeyboardInterrupt
+    return TrainResult(
+        history=history,
+        best_epoch=best_epoch,
+        best_state=best_state,
+        last_state=last_state,
+        model=model,
+        param_count=param_count,
+        device=str(device),
+        train_seconds=time.perf_counter() - run_start,
+        interrupted=interrupted,
+    )
+
+
+def history_rows(history: list[EpochRecord]) -> list[dict[str, Any]]:
+    """History as a list of dicts (for JSON and CSV)."""
+    return [dataclasses.asdict(r) for r in history]
+
+
+def history_csv(history: list[EpochRecord]) -> str:
+    """History as CSV text."""
+    import csv
+    import io
+
+    buf = io.StringIO()
+    fields = [f.name for f in dataclasses.fields(EpochRecord)]
+    writer = csv.DictWriter(buf, fieldnames=fields, lineterminator="\n")
+    writer.writeheader()
+    for row in history_rows(history):
+        writer.writerow(row)
+    return buf.getvalue()
+
+
+def save_run(
+    result: TrainResult,
+    cfg: TrainConfig,
+    out_dir: Path,
+    test_metrics: dict[str, Any] | None = None,
+) -> dict[str, Path]:
+    """Write best/last weights, history (CSV and JSON) and curves (PNG) into out_dir, all atomically."""
+    import json
+
+    from lenet_cli.fileio import atomic_write_text, ensure_dir
+    from lenet_cli.model import build_model
+    from lenet_cli.plots import save_training_curves
+    from lenet_cli.weights import save_weights
+
+    ensure_dir(out_dir)
+    training = cfg.to_dict() | {"best_epoch": result.best_epoch, "device_used": result.device}
+    paths: dict[str, Path] = {}
+    for name, state in (("best", result.best_state), ("last", result.last_state)):
+        model = build_model(result.model.cfg)
+        model.load_state_dict(state)
+        best = result.best if name == "best" else result.history[-1]
+        metrics: dict[str, Any] = {}
+        if best is not None:
+            metrics = {"epoch": best.epoch, "val_accuracy": best.val_acc, "val_loss": best.val_loss}
+        if name == "best" and test_metrics:
+            metrics |= test_metrics
+        paths[name] = save_weights(out_dir / f"{name}.safetensors", model, training=training, metrics=metrics)
+    paths["history_csv"] = atomic_write_text(out_dir / "history.csv", history_csv(result.history))
+    paths["history_json"] = atomic_write_text(
+        out_dir / "history.json",
+        json.dumps({"config": cfg.to_dict(), "best_epoch": result.best_epoch, "history": history_rows(result.history)}, indent=2),
+    )
+    paths["curves"] = save_training_curves(result.history, out_dir / "curves.png")
+    return paths
