@@ -40,6 +40,10 @@ def atomic_path(target: Path) -> Iterator[Path]:
         raise _output_error(target, exc) from exc
     os.close(fd)
     tmp = Path(tmp_name)
+    # mkstemp makes the file 0600; give it the permissions a plain open() would (0666 minus umask).
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(tmp, 0o666 & ~umask)
     try:
         yield tmp
         # fsync so that after a power cut the renamed file has its data, not zero bytes.

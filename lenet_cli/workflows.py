@@ -80,7 +80,8 @@ class RichTrainObserver:
         err.print(
             f"Training LeNet-5 '{self.cfg.preset}' ({info['param_count']:,} parameters) on {self.device_name}: "
             f"{info['train_size']:,} train / {info['val_size']:,} validation images, "
-            f"{self.cfg.epochs} epochs of {info['steps_per_epoch']} steps."
+            f"{self.cfg.epochs} epochs of {info['steps_per_epoch']} steps.",
+            soft_wrap=True,
         )
 
     def on_epoch_start(self, epoch: int, steps: int) -> None:
@@ -101,7 +102,8 @@ class RichTrainObserver:
             err.print(
                 f"epoch {record.epoch:>3}/{self.cfg.epochs}  train loss {record.train_loss:.4f} acc {pct(record.train_acc)}  "
                 f"val loss {record.val_loss:.4f} acc {pct(record.val_acc)}  lr {record.lr:.2e}  "
-                f"{record.seconds:.1f}s  {record.images_per_s:,.0f} img/s"
+                f"{record.seconds:.1f}s  {record.images_per_s:,.0f} img/s",
+                soft_wrap=True,
             )
 
 
@@ -156,9 +158,9 @@ def run_training(cfg, data_dir: Path | None, out_dir: Path, allow_download: bool
         out.print(files)
         best_path = paths["best"]
         out.print("[bold]Next:[/]")
-        out.print(f"  lenet eval --weights {best_path}")
-        out.print(f"  lenet predict digit.png --weights {best_path}")
-        out.print(f"  lenet export --onnx --weights {best_path} --output {best_path.with_suffix('.onnx')}")
+        out.print(f"  lenet eval --weights {best_path}", soft_wrap=True)
+        out.print(f"  lenet predict digit.png --weights {best_path}", soft_wrap=True)
+        out.print(f"  lenet export --onnx --weights {best_path} --output {best_path.with_suffix('.onnx')}", soft_wrap=True)
     if result.interrupted:
         console.warn(f"Interrupted after epoch {result.history[-1].epoch}; what was learned so far is saved in {out_dir}.")
     return {
