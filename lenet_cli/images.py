@@ -176,10 +176,15 @@ def to_mnist(gray: np.ndarray, alpha: np.ndarray | None = None, invert: bool | N
     width = _stroke_width(arr > 0.35)
     target = TARGET_STROKE * WORK_BOX
     if 0 < width < 0.75 * target:
-        size = int(round(target - width)) | 1
-        work = Image.fromarray((arr * 255).astype(np.uint8)).filter(ImageFilter.MaxFilter(min(size, 15)))
+        size = min(int(round(target - width)) | 1, 15)
+        # Pad first: a thin "1" may be a single pixel wide, and dilation cannot grow past the edge.
+        padded = np.pad(arr, size)
+        work = Image.fromarray((padded * 255).astype(np.uint8)).filter(ImageFilter.MaxFilter(size))
         work = work.filter(ImageFilter.GaussianBlur(1.0))
         arr = np.asarray(work, dtype=np.float32) / 255.0
+        rows = np.flatnonzero(arr.max(axis=1) > 0.05)
+        cols = np.flatnonzero(arr.max(axis=0) > 0.05)
+        arr = arr[rows[0] : rows[-1] + 1, cols[0] : cols[-1] + 1]
     # Fit into 20x20 keeping the aspect ratio.
     h, w = arr.shape
     s = MNIST_BOX / max(h, w)
