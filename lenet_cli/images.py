@@ -115,14 +115,33 @@ def ink_map(gray: np.ndarray, alpha: np.ndarray | None, invert: bool | None) -> 
     background = float(np.median(_border(gray)))
     inverted = background > 0.5 if invert is None else invert
     ink = 1.0 - gray if inverted else gray
-    bg = 1.0 - background if inverted else background
-    ink = ink - bg
+    ink = ink - _background_map(ink)
     top = float(np.percentile(ink[ink > 0], 99)) if np.any(ink > 0) else 0.0
     if top <= 0.05:
         return np.zeros_like(ink), inverted
     ink = np.clip(ink / top, 0.0, 1.0)
     ink[ink < INK_FLOOR] = 0.0
     return ink.astype(np.float32), inverted
+
+
+def _background_map(ink: np.ndarray) -> np.ndarray:
+    """The slowly varying background level (uneven lighting, shadows) under bright ink.
+
+    A grey opening (min filter, then max filter) removes anything thinner than the
+    filter, i.e. the strokes, and keeps the illumination. It runs on a 64-pixel copy:
+    lighting is low-frequency, and rank filters cost O(size^2) per pixel.
+    """
+    from PIL import Image, ImageFilter
+
+    h, w = ink.shape
+    if min(h, w) < 16:
+        return np.full_like(ink, float(np.median(_border(ink))))
+    scale = 64 / max(h, w)
+    small_size = (max(1, round(w * scale)), max(1, round(h * scale)))
+    small = Image.fromarray((np.clip(ink, 0, 1) * 255).astype(np.uint8)).resize(small_size, Image.Resampling.BOX)
+    opened = small.filter(ImageFilter.MinFilter(15)).filter(ImageFilter.MaxFilter(15))
+    smooth = opened.filter(ImageFilter.GaussianBlur(4)).resize((w, h), Image.Resampling.BILINEAR)
+    return np.asarray(smooth, dtype=np.float32) / 255.0
 
 
 def _stroke_width(mask: np.ndarray) -> float:
@@ -134,6 +153,19 @@ def _stroke_width(mask: np.ndarray) -> float:
     interior = padded[1:-1, 1:-1] & padded[:-2, 1:-1] & padded[2:, 1:-1] & padded[1:-1, :-2] & padded[1:-1, 2:]
     perimeter = float(area - interior.sum())
     return 2.0 * area / max(perimeter, 1.0)
+
+
+def _mass_span(profile: np.ndarray, trim: float = 0.002) -> tuple[int, int]:
+    """First and last index of a projection after trimming `trim` of the ink mass at each end.
+
+    Plain "first/last non-zero" lets one speck of dust far from the digit shrink the
+    digit to a dot; a speck carries almost no mass, a stroke's tip carries some.
+    """
+    cum = np.cumsum(profile, dtype=np.float64)
+    total = cum[-1]
+    first = int(np.searchsorted(cum, total * trim, side="right"))
+    last = int(np.searchsorted(cum, total * (1 - trim), side="left"))
+    return first, max(first, min(last, len(profile) - 1))
 
 
 def _center_of_mass_place(digit: np.ndarray) -> np.ndarray:
@@ -159,11 +191,11 @@ def to_mnist(gray: np.ndarray, alpha: np.ndarray | None = None, invert: bool | N
     if alpha is None and invert is None and is_mnist_like(gray):
         return Prepared(np.round(gray * 255).astype(np.uint8), inverted=False, passthrough=True)
     ink, inverted = ink_map(gray, alpha, invert)
-    rows = np.flatnonzero(ink.max(axis=1) > 0)
-    cols = np.flatnonzero(ink.max(axis=0) > 0)
-    if rows.size == 0:
+    if not np.any(ink > 0):
         raise ImageError("no ink found: the image is blank or has no contrast.")
-    crop = ink[rows[0] : rows[-1] + 1, cols[0] : cols[-1] + 1]
+    top, bottom = _mass_span(ink.sum(axis=1))
+    left, right = _mass_span(ink.sum(axis=0))
+    crop = ink[top : bottom + 1, left : right + 1]
     h, w = crop.shape
     # Bring the digit to the working size (long side WORK_BOX), area-averaged.
     scale = WORK_BOX / max(h, w)
