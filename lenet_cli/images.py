@@ -35,6 +35,7 @@ WORK_BOX = 80  # ... we thicken strokes at 4x that size, then shrink with area a
 TARGET_STROKE = 0.11  # MNIST stroke width / digit box size (about 2.2 px in 20)
 MAX_PIXELS = 50_000_000  # refuse absurdly large images (decompression bombs)
 INK_FLOOR = 0.2  # after contrast stretch, below this is paper texture or noise
+MIN_CONTRAST = 0.06  # ink must differ from the background by ~15 grey levels
 SUPPORTED = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp")
 
 
@@ -116,8 +117,11 @@ def ink_map(gray: np.ndarray, alpha: np.ndarray | None, invert: bool | None) -> 
     inverted = background > 0.5 if invert is None else invert
     ink = 1.0 - gray if inverted else gray
     ink = ink - _background_map(ink)
-    top = float(np.percentile(ink[ink > 0], 99)) if np.any(ink > 0) else 0.0
-    if top <= 0.05:
+    # The ink's own brightness, measured only where there is clear contrast: a thin stroke may
+    # cover under 1% of a large canvas, so a percentile over all pixels would measure the paper.
+    strong = ink[ink > MIN_CONTRAST]
+    top = float(np.percentile(strong, 95)) if strong.size else 0.0
+    if top <= MIN_CONTRAST:
         return np.zeros_like(ink), inverted
     ink = np.clip(ink / top, 0.0, 1.0)
     ink[ink < INK_FLOOR] = 0.0
