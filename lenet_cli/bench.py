@@ -124,25 +124,27 @@ def run_bench(weights: Path, cfg: BenchConfig, progress: Callable[[str], None] =
 
     for backend in cfg.backends:
         runner_for: Callable[[int], Callable[[], Any]] | None = None
-        if backend == "torch":
-            def runner_for(bs, model=model):
+
+        def torch_runner(net):
+            def make(bs):
                 x = torch.from_numpy(rng.integers(0, 256, (bs, 1, 28, 28)).astype(np.float32)).to(device)
+
                 def call():
                     with torch.inference_mode():
-                        model(x)
+                        net(x)
+
                 return call
+
+            return make
+
+        if backend == "torch":
+            runner_for = torch_runner(model)
         elif backend == "torch-compile":
             try:
-                compiled = torch.compile(model, dynamic=False)
+                runner_for = torch_runner(torch.compile(model, dynamic=False))
             except Exception as exc:  # pragma: no cover - depends on platform
                 skipped[backend] = f"torch.compile unavailable: {exc}"
                 continue
-            def runner_for(bs, compiled=compiled):
-                x = torch.from_numpy(rng.integers(0, 256, (bs, 1, 28, 28)).astype(np.float32)).to(device)
-                def call():
-                    with torch.inference_mode():
-                        compiled(x)
-                return call
         elif backend == "onnxruntime":
             from lenet_cli.onnx_io import export_onnx, make_session
 
