@@ -13,8 +13,6 @@ from typing import Any
 
 import numpy as np
 
-from lenet_cli.errors import WeightsError
-
 
 @dataclass
 class Backend:
@@ -98,8 +96,3 @@ def softmax(logits: np.ndarray) -> np.ndarray:
     e = np.exp(z)
     return e / e.sum(axis=1, keepdims=True)
 
-
-def ensure_weights_file(path: Path) -> None:
-    """A friendly error for paths that are not files at all."""
-    if not Path(path).is_file():
-        raise WeightsError(f"Weights file not found: {path}.")

@@ -8,7 +8,6 @@ Timing code synchronises CUDA before reading the clock.
 from __future__ import annotations
 
 import platform
-import statistics
 import tempfile
 import time
 from dataclasses import asdict, dataclass
@@ -224,8 +223,3 @@ def bench_training(preset: str, device, cfg: BenchConfig) -> TrainingResult:
     dt = time.perf_counter() - t0
     ips = cfg.train_steps * bs / dt
     return TrainingResult(str(device), bs, ips, 55_000 / ips, cfg.train_steps)
-
-
-def median(values: list[float]) -> float:
-    """Median of a list (NaN when empty)."""
-    return statistics.median(values) if values else float("nan")

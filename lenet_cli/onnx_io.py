@@ -172,14 +172,13 @@ def export_onnx(
     import onnx
 
     from lenet_cli.fileio import atomic_write_bytes
-    from lenet_cli.weights import load_model, read_info
+    from lenet_cli.weights import load_model
 
     if not 7 <= opset <= 23:
         from lenet_cli.errors import UsageError
 
         raise UsageError(f"--opset must be between 7 and 23, got {opset}.")
-    model, _ = load_model(weights, "cpu")
-    info, _ = read_info(weights)
+    model, info = load_model(weights, "cpu")
     proto = export_model_proto(model, opset)
     for key, value in onnx_metadata(info, opset).items():
         entry = proto.metadata_props.add()

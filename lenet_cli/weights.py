@@ -130,7 +130,7 @@ def read_info(path: Path) -> tuple[WeightsInfo, dict[str, "torch.Tensor"]]:
         raw = path.read_bytes()
     except OSError as exc:
         raise WeightsError(f"Cannot read weights file {path}: {exc.strerror or exc}.") from exc
-    if path.suffix.lower() == ".onnx" or raw[:1] == b"\x08":
+    if path.suffix.lower() == ".onnx":
         raise WeightsError(f"{path} looks like an ONNX file, which this command cannot load as PyTorch weights.")
     try:
         tensors = load(raw)

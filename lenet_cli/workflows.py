@@ -20,6 +20,7 @@ from rich.table import Table
 from lenet_cli import console
 from lenet_cli.console import err, out, pct
 from lenet_cli.errors import UsageError
+from lenet_cli.train import TrainObserver  # light: torch is imported inside its functions
 
 
 def parse_int_list(text: str, option: str) -> tuple[int, ...]:
@@ -36,17 +37,15 @@ def parse_int_list(text: str, option: str) -> tuple[int, ...]:
 # --------------------------------------------------------------------------- train
 
 
-class RichTrainObserver:
+class RichTrainObserver(TrainObserver):
     """Live progress bar (loss, images/s, time left) and a growing epoch table on stderr.
 
     When stderr is not a terminal, prints one plain line per epoch instead.
     """
 
-    def __init__(self, cfg) -> None:
-        from lenet_cli.train import TrainObserver
-
-        TrainObserver.__init__(self)  # type: ignore[arg-type]
+    def __init__(self, cfg, device_name: str) -> None:
         self.cfg = cfg
+        self.device_name = device_name
         self.history: list = []
         self.live_mode = err.is_terminal
         self.progress = Progress(
@@ -113,7 +112,7 @@ def run_training(cfg, data_dir: Path | None, out_dir: Path, allow_download: bool
     from lenet_cli.devices import describe_device, resolve_device
     from lenet_cli.evaluate import metrics_from_logits, torch_logits
     from lenet_cli.fileio import ensure_dir
-    from lenet_cli.train import TrainObserver, save_run, train
+    from lenet_cli.train import save_run, train
 
     device = resolve_device(cfg.device)
     ensure_dir(out_dir)  # fail on an unwritable output dir before spending minutes training
@@ -125,8 +124,7 @@ def run_training(cfg, data_dir: Path | None, out_dir: Path, allow_download: bool
         raise UsageError(f"--val-size {cfg.val_size} leaves no training images (the training set has {len(full)}).")
     train_split, val_split = train_val_split(full, cfg.val_size)
 
-    observer = type("Obs", (RichTrainObserver, TrainObserver), {})(cfg)
-    observer.device_name = describe_device(device)
+    observer = RichTrainObserver(cfg, describe_device(device))
     with observer:
         result = train(cfg, train_split, val_split, device, observer)
 
