@@ -47,7 +47,15 @@ class WeightsError(LenetError):
 
 
 class ImageError(LenetError):
-    """An image file cannot be read or holds no digit."""
+    """An image file cannot be read or holds no digit.
+
+    `kind` names the failure for scripts (`lenet predict --json` reports it per file):
+    not_found, unreadable, empty, not_image, corrupt, too_large, no_ink.
+    """
+
+    def __init__(self, message: str, hint: str | None = None, kind: str = "corrupt") -> None:
+        super().__init__(message, hint)
+        self.kind = kind
 
 
 class ExportError(LenetError):

@@ -7,10 +7,12 @@ wrong most of the time. The steps, in order:
 
 1. decode (EXIF orientation honoured; 16-bit scaled; transparency handled: for an
    icon on a transparent background the opacity *is* the ink);
-2. polarity: the border's median tells the background; dark-on-light is inverted
-   (``invert`` forces either way);
-3. background and contrast: subtract the background level, stretch so the ink
-   reaches full brightness, drop faint noise;
+2. polarity: fit the lighting (a smooth surface through the paper, robust to the
+   ink), then see which way the strong departures from it go: darker ink on light
+   paper is inverted (``invert`` forces either way);
+3. background and contrast: subtract the background (one level, or the lighting
+   field under a gradient or shadow), stretch so the ink reaches full brightness,
+   drop faint noise;
 4. crop to the ink's bounding box;
 5. thicken thin strokes (a thin pen on a big canvas) to MNIST's stroke-to-size ratio;
 6. fit into 20x20 keeping the aspect ratio, area-averaged (anti-aliased);
@@ -22,6 +24,7 @@ Only numpy and Pillow are used: this path must not import torch.
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -55,25 +58,39 @@ def load_gray(path: Path) -> tuple[np.ndarray, np.ndarray | None]:
     Image.MAX_IMAGE_PIXELS = MAX_PIXELS
     path = Path(path)
     if not path.exists():
-        raise ImageError(f"{path}: file not found.")
+        raise ImageError(f"{path}: file not found.", kind="not_found")
     if path.is_dir():
-        raise ImageError(f"{path}: is a directory.")
+        raise ImageError(f"{path}: is a directory.", kind="not_image")
     try:
-        with Image.open(path) as img:
-            if img.width * img.height > MAX_PIXELS:
-                raise ImageError(f"{path}: image is {img.width}x{img.height}, too large (limit {MAX_PIXELS:,} pixels).")
-            img.seek(0)  # first frame of an animated GIF/WebP/TIFF
-            img = ImageOps.exif_transpose(img) or img
-            img.load()
-            return _to_gray(img)
-    except ImageError:
-        raise
-    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
-        raise ImageError(f"{path}: image is too large ({exc}).") from exc
-    except UnidentifiedImageError as exc:
-        raise ImageError(f"{path}: not an image Pillow can read.") from exc
-    except (OSError, SyntaxError, ValueError, EOFError) as exc:
-        raise ImageError(f"{path}: cannot decode image ({str(exc).splitlines()[0] if str(exc) else type(exc).__name__}).") from exc
+        fh = open(path, "rb")  # noqa: SIM115 - closed below; opened here to tell "unreadable" apart
+    except OSError as exc:
+        raise ImageError(f"{path}: cannot read the file ({exc.strerror or exc}).", kind="unreadable") from exc
+    with fh, warnings.catch_warnings():
+        # Pillow only warns between 1x and 2x its pixel limit; here that is an error too.
+        warnings.simplefilter("error", Image.DecompressionBombWarning)
+        if path.stat().st_size == 0:
+            raise ImageError(f"{path}: the file is empty (0 bytes).", kind="empty")
+        try:
+            with Image.open(fh) as img:
+                if img.width * img.height > MAX_PIXELS:
+                    raise ImageError(f"{path}: image is {img.width}x{img.height}, too large "
+                                     f"(limit {MAX_PIXELS:,} pixels).", kind="too_large")
+                if img.width == 0 or img.height == 0:
+                    raise ImageError(f"{path}: the image has no pixels ({img.width}x{img.height}).", kind="empty")
+                img.seek(0)  # first frame of an animated GIF/WebP/TIFF
+                img = ImageOps.exif_transpose(img) or img
+                img.load()
+                return _to_gray(img)
+        except ImageError:
+            raise
+        except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
+            raise ImageError(f"{path}: image is too large ({exc}).", kind="too_large") from exc
+        except UnidentifiedImageError as exc:
+            raise ImageError(f"{path}: not an image (Pillow cannot identify its format).", kind="not_image") from exc
+        except (OSError, SyntaxError, ValueError, EOFError, MemoryError) as exc:
+            # Truncated downloads and damaged files end up here ("image file is truncated", ...).
+            detail = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+            raise ImageError(f"{path}: damaged or truncated image ({detail}).", kind="corrupt") from exc
 
 
 def _to_gray(img) -> tuple[np.ndarray, np.ndarray | None]:
@@ -113,10 +130,13 @@ def ink_map(gray: np.ndarray, alpha: np.ndarray | None, invert: bool | None) -> 
             return alpha.astype(np.float32), False
         # Mostly opaque with some transparency: composite over white, then treat as usual.
         gray = gray * alpha + (1.0 - alpha)
-    background = float(np.median(_border(gray)))
-    inverted = background > 0.5 if invert is None else invert
+    residual, lighting_range = _residual_from_lighting(gray)
+    inverted = _dark_ink(residual, gray) if invert is None else invert
     ink = 1.0 - gray if inverted else gray
-    ink = ink - _background_map(ink)
+    if lighting_range > MIN_CONTRAST:
+        ink = ink - _background_map(ink)  # uneven lighting: follow it
+    else:
+        ink = ink - float(np.median(_border(ink)))  # even lighting: one level, no risk to bold strokes
     # The ink's own brightness, measured only where there is clear contrast: a thin stroke may
     # cover under 1% of a large canvas, so a percentile over all pixels would measure the paper.
     strong = ink[ink > MIN_CONTRAST]
@@ -126,6 +146,65 @@ def ink_map(gray: np.ndarray, alpha: np.ndarray | None, invert: bool | None) -> 
     ink = np.clip(ink / top, 0.0, 1.0)
     ink[ink < INK_FLOOR] = 0.0
     return ink.astype(np.float32), inverted
+
+
+def _small_copy(a: np.ndarray, side: int) -> np.ndarray:
+    """An area-averaged copy whose long side is at most `side` pixels."""
+    from PIL import Image
+
+    h, w = a.shape
+    if max(h, w) <= side:
+        return a
+    scale = side / max(h, w)
+    img = Image.fromarray(a.astype(np.float32), mode="F")
+    small = img.resize((max(1, round(w * scale)), max(1, round(h * scale))), Image.Resampling.BOX)
+    return np.asarray(small, dtype=np.float32)
+
+
+def _residual_from_lighting(gray: np.ndarray) -> tuple[np.ndarray, float]:
+    """Grey levels minus a smooth lighting field, on a small copy; and the field's range.
+
+    The field is a quadratic surface fitted robustly (pixels far from the fit, i.e.
+    ink of either polarity, are dropped and the fit repeated), so it follows a gradient
+    or a broad shadow across a photo of paper without knowing yet whether the ink is
+    dark or bright. A 256-pixel copy keeps a thin stroke visible and the fit cheap.
+    """
+    small = _small_copy(gray, 256)
+    h, w = small.shape
+    ys, xs = np.mgrid[0:h, 0:w]
+    x = (xs.ravel() / max(w - 1, 1)) - 0.5
+    y = (ys.ravel() / max(h - 1, 1)) - 0.5
+    basis = np.stack([np.ones_like(x), x, y, x * x, x * y, y * y], axis=1)
+    values = small.ravel().astype(np.float64)
+    keep = np.ones(values.size, dtype=bool)
+    fit = np.full(values.size, np.median(values))
+    for _ in range(4):
+        if keep.sum() < basis.shape[1] * 4:
+            break
+        coef, *_ = np.linalg.lstsq(basis[keep], values[keep], rcond=None)
+        fit = basis @ coef
+        res = values - fit
+        sigma = 1.4826 * float(np.median(np.abs(res[keep] - np.median(res[keep])))) + 1e-3
+        keep = np.abs(res) < max(3 * sigma, 0.02)
+    residual = (values - fit).reshape(h, w).astype(np.float32)
+    return residual, float(fit.max() - fit.min())
+
+
+def _dark_ink(residual: np.ndarray, gray: np.ndarray) -> bool:
+    """True for dark ink on light paper: the strong departures from the lighting are darker.
+
+    Comparing the *mass* of strong departures on each side decides it: the ink is the
+    part of the picture that stands out, whatever the paper's absolute brightness (a
+    photo of white paper is often mid-grey). With no clear departure either way, the
+    border decides: a light border means light paper.
+    """
+    sigma = 1.4826 * float(np.median(np.abs(residual - np.median(residual))))
+    t = max(MIN_CONTRAST, 5 * sigma)
+    dark = float(-residual[residual < -t].sum())
+    bright = float(residual[residual > t].sum())
+    if dark == bright:
+        return float(np.median(_border(gray))) > 0.5
+    return dark > bright
 
 
 def _background_map(ink: np.ndarray) -> np.ndarray:
@@ -196,7 +275,10 @@ def to_mnist(gray: np.ndarray, alpha: np.ndarray | None = None, invert: bool | N
         return Prepared(np.round(gray * 255).astype(np.uint8), inverted=False, passthrough=True)
     ink, inverted = ink_map(gray, alpha, invert)
     if not np.any(ink > 0):
-        raise ImageError("no ink found: the image is blank or has no contrast.")
+        if invert is not None:
+            flag = "--invert" if invert else "--no-invert"
+            raise ImageError(f"no ink found with the polarity forced by {flag}; try without it.", kind="no_ink")
+        raise ImageError("no ink found: the image is blank or has no contrast.", kind="no_ink")
     top, bottom = _mass_span(ink.sum(axis=1))
     left, right = _mass_span(ink.sum(axis=0))
     crop = ink[top : bottom + 1, left : right + 1]
@@ -235,12 +317,10 @@ def to_mnist(gray: np.ndarray, alpha: np.ndarray | None = None, invert: bool | N
 def prepare_file(path: Path, invert: bool | None = None) -> Prepared:
     """Load and preprocess one image file."""
     gray, alpha = load_gray(path)
-    if gray.size == 0 or min(gray.shape) < 1:
-        raise ImageError(f"{path}: image is empty.")
     try:
         return to_mnist(gray, alpha, invert)
     except ImageError as exc:
-        raise ImageError(f"{path}: {exc.message}") from None
+        raise ImageError(f"{path}: {exc.message}", kind=exc.kind) from None
 
 
 def expand_inputs(items: list[str]) -> list[Path]:

@@ -26,6 +26,9 @@ if TYPE_CHECKING:  # pragma: no cover
 
 FORMAT_TAG = "lenet-cli/weights-v1"
 BUNDLED_NAME = "lenet5-modern.safetensors"
+# The same model exported with `lenet export --onnx`: `predict` runs it through onnxruntime
+# so that its default path never imports torch (2+ s on a small machine).
+BUNDLED_ONNX_NAME = "lenet5-modern.onnx"
 
 
 @dataclass(frozen=True)
@@ -46,6 +49,11 @@ class WeightsInfo:
 def bundled_weights_path() -> Path:
     """The default model shipped inside the package."""
     return Path(str(resources.files("lenet_cli") / "assets" / BUNDLED_NAME))
+
+
+def bundled_onnx_path() -> Path:
+    """The bundled model as ONNX (made from `bundled_weights_path()` by `lenet export --onnx`)."""
+    return Path(str(resources.files("lenet_cli") / "assets" / BUNDLED_ONNX_NAME))
 
 
 def resolve_weights_path(weights: Path | None) -> Path:

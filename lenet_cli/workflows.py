@@ -255,70 +255,55 @@ def render_eval(report: dict[str, Any]) -> None:
 def run_predict(items: list[str], weights: Path | None, device: str, top_k: int, invert: bool | None,
                 save_preview: Path | None) -> dict[str, Any]:
     """Preprocess and classify every image; per-file errors go into their row."""
-    import numpy as np
-
-    from lenet_cli.backends import load_backend, softmax
-    from lenet_cli.errors import LenetError
-    from lenet_cli.fileio import atomic_write_with, ensure_dir
-    from lenet_cli.images import expand_inputs, prepare_file
-    from lenet_cli.weights import resolve_weights_path
+    from lenet_cli.backends import load_backend
+    from lenet_cli.fileio import ensure_dir
+    from lenet_cli.images import expand_inputs
+    from lenet_cli.predict import PredictConfig, default_model_path, predict_files
 
     paths = expand_inputs(items)
     if not paths:
         raise UsageError("No images given.", "Example: lenet predict digit.png")
-    path = resolve_weights_path(weights)
-    rows: list[dict[str, Any]] = []
-    batch, batch_rows = [], []
-    for p in paths:
-        row: dict[str, Any] = {"file": str(p)}
-        try:
-            prepared = prepare_file(p, invert)
-        except LenetError as exc:
-            row["error"] = exc.message
-        else:
-            row["inverted"] = prepared.inverted
-            row["passthrough"] = prepared.passthrough
-            batch.append(prepared.pixels)
-            batch_rows.append(row)
-            if save_preview is not None:
-                from PIL import Image
-
-                ensure_dir(save_preview)
-                target = save_preview / f"{p.stem}.png"
-                atomic_write_with(target, lambda tmp, px=prepared.pixels: Image.fromarray(px).save(tmp, format="PNG"))
-                row["preview"] = str(target)
-        rows.append(row)
-    backend = None
-    if batch:
-        backend = load_backend(path, device)
-        probs = softmax(backend.logits(np.stack(batch)))
-        for row, pr in zip(batch_rows, probs):
-            order = np.argsort(-pr)[:top_k]
-            row["prediction"] = int(order[0])
-            row["confidence"] = float(pr[order[0]])
-            row["top_k"] = [{"class": int(c), "probability": float(pr[c])} for c in order]
+    model_path = default_model_path(weights, device)
+    if save_preview is not None:
+        ensure_dir(save_preview)  # an unwritable preview folder fails before any work
+    cfg = PredictConfig(top_k=top_k, invert=invert, preview_dir=save_preview)
+    backend = load_backend(model_path, device)
+    if len(paths) < 50:
+        rows = predict_files(paths, backend.logits, cfg)
+    else:  # a folder of scans: show progress on stderr (transient, silent when not a terminal)
+        progress = Progress(TextColumn("Classifying"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                            console=err, transient=True)
+        with progress:
+            task = progress.add_task("predict", total=len(paths))
+            rows = predict_files(paths, backend.logits, cfg, on_file=lambda: progress.advance(task))
     return {
-        "weights": str(path),
-        "backend": backend.name if backend else None,
-        "device": backend.device if backend else None,
+        "weights": str(model_path),
+        "backend": backend.name,
+        "device": backend.device,
         "results": rows,
     }
 
 
 def render_predictions(report: dict[str, Any], top_k: int) -> None:
-    """One row per file: prediction, confidence, top-k, or the error."""
-    table = Table(title=f"Predictions ({report['backend'] or 'no model run'})", title_justify="left")
+    """One row per file: prediction, confidence, top-k and what preprocessing decided, or the error."""
+    table = Table(title=f"Predictions ({report['backend']} on {report['device']})", title_justify="left")
     table.add_column("file", overflow="fold")
     table.add_column("prediction", justify="center")
     table.add_column("confidence", justify="right")
     table.add_column(f"top {top_k}")
+    table.add_column("notes", style="dim")
+    failed = 0
     for row in report["results"]:
         if row.get("error"):
-            table.add_row(row["file"], "[red]error[/]", "", f"[red]{row['error']}[/]")
+            failed += 1
+            table.add_row(row["file"], "[red]error[/]", "", f"[red]{row['error']}[/]", row.get("error_kind", ""))
             continue
         tops = "  ".join(f"{t['class']}: {100 * t['probability']:.1f}%" for t in row["top_k"])
-        table.add_row(row["file"], f"[bold]{row['prediction']}[/]", f"{100 * row['confidence']:.1f}%", tops)
+        notes = "MNIST form, unchanged" if row["passthrough"] else ("inverted" if row["inverted"] else "")
+        table.add_row(row["file"], f"[bold]{row['prediction']}[/]", f"{100 * row['confidence']:.1f}%", tops, notes)
     out.print(table)
+    if failed:
+        err.print(f"[red]{failed} of {len(report['results'])} file(s) could not be classified.[/]")
 
 
 # --------------------------------------------------------------------------- export
