@@ -226,7 +226,10 @@ def eval_(
 def predict(
     images: Annotated[list[str], typer.Argument(help="Image files, directories or glob patterns.", show_default=False)],
     weights: WeightsOpt = None,
-    device: DeviceOpt = "auto",
+    device: Annotated[
+        str, typer.Option("--device", "-d", help="auto | cpu | cuda | cuda:N | mps. auto: the bundled model runs on the "
+                          "CPU through onnxruntime (no torch); other weights pick CUDA, then MPS, then CPU.")
+    ] = "auto",
     top_k: Annotated[int, typer.Option("--top-k", "-k", help="How many top classes to show.", min=1, max=10)] = 3,
     invert: Annotated[
         Optional[bool], typer.Option("--invert/--no-invert", help="Force polarity (dark ink on light paper = invert). "

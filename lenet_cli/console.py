@@ -12,6 +12,7 @@ import sys
 from typing import TYPE_CHECKING, Any
 
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -30,12 +31,12 @@ def print_json(data: Any) -> None:
 
 def error(message: str) -> None:
     """One clear line on stderr."""
-    err.print(f"[bold red]Error:[/] {message}", soft_wrap=True)
+    err.print(f"[bold red]Error:[/] {escape(message)}", soft_wrap=True)  # a file name may hold "[...]"
 
 
 def warn(message: str) -> None:
     """A warning on stderr."""
-    err.print(f"[yellow]Warning:[/] {message}", soft_wrap=True)
+    err.print(f"[yellow]Warning:[/] {escape(message)}", soft_wrap=True)
 
 
 def info(message: str) -> None:

@@ -24,6 +24,7 @@ Only numpy and Pillow are used: this path must not import torch.
 
 from __future__ import annotations
 
+import stat
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -60,7 +61,7 @@ def load_gray(path: Path) -> tuple[np.ndarray, np.ndarray | None]:
     if not path.exists():
         raise ImageError(f"{path}: file not found.", kind="not_found")
     if path.is_dir():
-        raise ImageError(f"{path}: is a directory.", kind="not_image")
+        raise ImageError(f"{path}: is a folder whose images could not be listed.", kind="unreadable")
     try:
         fh = open(path, "rb")  # noqa: SIM115 - closed below; opened here to tell "unreadable" apart
     except OSError as exc:
@@ -68,7 +69,7 @@ def load_gray(path: Path) -> tuple[np.ndarray, np.ndarray | None]:
     with fh, warnings.catch_warnings():
         # Pillow only warns between 1x and 2x its pixel limit; here that is an error too.
         warnings.simplefilter("error", Image.DecompressionBombWarning)
-        if path.stat().st_size == 0:
+        if stat.S_ISREG(path.stat().st_mode) and path.stat().st_size == 0:  # a pipe reports 0 too
             raise ImageError(f"{path}: the file is empty (0 bytes).", kind="empty")
         try:
             with Image.open(fh) as img:
@@ -78,13 +79,14 @@ def load_gray(path: Path) -> tuple[np.ndarray, np.ndarray | None]:
                 if img.width == 0 or img.height == 0:
                     raise ImageError(f"{path}: the image has no pixels ({img.width}x{img.height}).", kind="empty")
                 img.seek(0)  # first frame of an animated GIF/WebP/TIFF
-                img = ImageOps.exif_transpose(img) or img
                 img.load()
-                return _to_gray(img)
+                return _to_gray(_upright(img, ImageOps))
         except ImageError:
             raise
         except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
             raise ImageError(f"{path}: image is too large ({exc}).", kind="too_large") from exc
+        except _UnsupportedMode as exc:
+            raise ImageError(f"{path}: unsupported pixel format {exc}.", kind="not_image") from exc
         except UnidentifiedImageError as exc:
             raise ImageError(f"{path}: not an image (Pillow cannot identify its format).", kind="not_image") from exc
         except (OSError, SyntaxError, ValueError, EOFError, MemoryError) as exc:
@@ -93,23 +95,57 @@ def load_gray(path: Path) -> tuple[np.ndarray, np.ndarray | None]:
             raise ImageError(f"{path}: damaged or truncated image ({detail}).", kind="corrupt") from exc
 
 
+def _upright(img, image_ops):
+    """Apply the EXIF orientation of phone photos.
+
+    Pillow's exif_transpose also rewrites the EXIF block and fails on a malformed tag
+    (struct.error, TypeError, ...); then the orientation is applied by hand, and a
+    block too damaged to read is ignored.
+    """
+    try:
+        return image_ops.exif_transpose(img) or img
+    except Exception:  # noqa: BLE001
+        pass
+    from PIL import Image
+
+    try:
+        orientation = int(img.getexif().get(0x0112, 1))
+    except Exception:  # noqa: BLE001
+        return img
+    t = Image.Transpose
+    method = {2: t.FLIP_LEFT_RIGHT, 3: t.ROTATE_180, 4: t.FLIP_TOP_BOTTOM, 5: t.TRANSPOSE,
+              6: t.ROTATE_270, 7: t.TRANSVERSE, 8: t.ROTATE_90}.get(orientation)
+    return img.transpose(method) if method is not None else img
+
+
 def _to_gray(img) -> tuple[np.ndarray, np.ndarray | None]:
+    """Grey levels in [0, 1] and the alpha map (None when fully opaque) of a decoded image."""
     mode = img.mode
     alpha = None
     if mode == "P":
         img = img.convert("RGBA" if "transparency" in img.info else "RGB")
         mode = img.mode
     if mode in ("I;16", "I;16B", "I;16L", "I", "F"):
-        arr = np.asarray(img, dtype=np.float32)
-        hi = 65535.0 if mode.startswith("I;16") or arr.max() > 255 else 255.0
+        arr = np.nan_to_num(np.asarray(img, dtype=np.float32), nan=0.0, posinf=0.0, neginf=0.0)
+        top = float(arr.max()) if arr.size else 0.0
+        # Scale by the bit depth the values fit in: floats in [0, 1], 8-bit data stored in a
+        # 16-bit file, 12-bit scans, full 16-bit.
+        hi = next((h for h in (1.0, 255.0, 4095.0, 65535.0) if top <= h), top)
         return np.clip(arr / hi, 0, 1), None
     if mode in ("RGBA", "LA", "PA"):
         alpha = np.asarray(img.getchannel("A"), dtype=np.float32) / 255.0
         img = img.convert("RGB" if mode == "RGBA" else "L")
-    if mode == "1":
-        img = img.convert("L")
-    gray = np.asarray(img.convert("L"), dtype=np.float32) / 255.0
+        if float(alpha.min()) >= 0.99:
+            alpha = None  # opaque: an MNIST crop saved as RGBA must still pass through
+    try:
+        gray = np.asarray(img.convert("L"), dtype=np.float32) / 255.0
+    except ValueError as exc:  # e.g. LAB, which Pillow cannot turn into grey
+        raise _UnsupportedMode(mode) from exc
     return gray, alpha
+
+
+class _UnsupportedMode(Exception):
+    """A decoded image whose pixel format cannot be made grey."""
 
 
 def _quantile(a: np.ndarray, q: float) -> float:
@@ -141,12 +177,17 @@ def is_mnist_like(gray: np.ndarray) -> bool:
 def ink_map(gray: np.ndarray, alpha: np.ndarray | None, invert: bool | None) -> tuple[np.ndarray, bool]:
     """Ink intensity in [0, 1] (1 = full ink) and whether the image was inverted."""
     if alpha is not None and float(alpha.min()) < 0.99:
-        opaque = float((alpha > 0.5).mean())
-        if opaque < 0.6 and invert is None:
-            # An icon: the digit is what is opaque, whatever its colour.
+        solid = alpha > 0.5
+        opaque = float(solid.mean())
+        one_colour = solid.any() and float(gray[solid].std()) < 0.08
+        if (opaque < 0.6 or one_colour) and invert is None:
+            # An icon: the digit is what is opaque, whatever its colour (a bold, tightly
+            # cropped digit can cover most of its canvas, but it is still one colour).
             return alpha.astype(np.float32), False
-        # Mostly opaque with some transparency: composite over white, then treat as usual.
-        gray = gray * alpha + (1.0 - alpha)
+        # A picture with some transparency: composite over a backdrop that contrasts with
+        # what is opaque (white ink over white would vanish), then treat as usual.
+        backdrop = 0.0 if solid.any() and float(gray[solid].mean()) > 0.5 else 1.0
+        gray = gray * alpha + backdrop * (1.0 - alpha)
     residual, lighting_range = _residual_from_lighting(gray)
     inverted = _dark_ink(residual, gray) if invert is None else invert
     ink = 1.0 - gray if inverted else gray
@@ -289,9 +330,15 @@ def _center_of_mass_place(digit: np.ndarray) -> np.ndarray:
     return out
 
 
-def to_mnist(gray: np.ndarray, alpha: np.ndarray | None = None, invert: bool | None = None) -> Prepared:
-    """Preprocess grey levels (and alpha) into a 28x28 uint8 MNIST-style digit."""
+def to_mnist(gray: np.ndarray, alpha: np.ndarray | None = None, invert: bool | None = None,
+             steps: dict[str, np.ndarray] | None = None) -> Prepared:
+    """Preprocess grey levels (and alpha) into a 28x28 uint8 MNIST-style digit.
+
+    Pass a dict as `steps` to receive each intermediate image (for figures and debugging).
+    """
     from PIL import Image, ImageFilter
+
+    steps = {} if steps is None else steps
 
     if alpha is None and invert is None and is_mnist_like(gray):
         return Prepared(np.round(gray * 255).astype(np.uint8), inverted=False, passthrough=True)
@@ -304,6 +351,9 @@ def to_mnist(gray: np.ndarray, alpha: np.ndarray | None = None, invert: bool | N
     top, bottom = _mass_span(ink.sum(axis=1))
     left, right = _mass_span(ink.sum(axis=0))
     crop = ink[top : bottom + 1, left : right + 1]
+    if crop.size == 0 or not np.any(crop > 0):
+        raise ImageError("no ink found: the image is blank or has no contrast.", kind="no_ink")
+    steps["ink"], steps["crop"] = ink, crop
     h, w = crop.shape
     # Bring the digit to the working size (long side WORK_BOX), area-averaged.
     scale = WORK_BOX / max(h, w)
@@ -325,6 +375,7 @@ def to_mnist(gray: np.ndarray, alpha: np.ndarray | None = None, invert: bool | N
         rows = np.flatnonzero(arr.max(axis=1) > 0.05)
         cols = np.flatnonzero(arr.max(axis=0) > 0.05)
         arr = arr[rows[0] : rows[-1] + 1, cols[0] : cols[-1] + 1]
+    steps["strokes"] = arr
     # Fit into 20x20 keeping the aspect ratio.
     h, w = arr.shape
     s = MNIST_BOX / max(h, w)
@@ -333,6 +384,7 @@ def to_mnist(gray: np.ndarray, alpha: np.ndarray | None = None, invert: bool | N
     )
     digit = np.asarray(small, dtype=np.float32) / 255.0
     placed = _center_of_mass_place(np.clip(digit, 0, 1))
+    steps["fit"], steps["placed"] = digit, placed
     return Prepared(np.round(placed * 255).astype(np.uint8), inverted=inverted, passthrough=False)
 
 
@@ -356,12 +408,17 @@ def expand_inputs(items: list[str]) -> list[Path]:
     for item in items:
         p = Path(item).expanduser()
         if p.is_dir():
-            paths += sorted(q for q in p.iterdir() if q.is_file() and q.suffix.lower() in SUPPORTED)
-        elif any(ch in item for ch in "*?["):
+            try:
+                # Hidden files (macOS "._x.png" resource forks, ".DS_Store") are not the user's images.
+                paths += sorted(q for q in p.iterdir()
+                                if q.is_file() and q.suffix.lower() in SUPPORTED and not q.name.startswith("."))
+            except OSError:
+                paths.append(p)  # reported in its row: a folder that cannot be listed
+        elif p.exists() or not any(ch in item for ch in "*?["):
+            paths.append(p)  # a real file named "z[1].png" is that file, not a pattern
+        else:
             matches = sorted(glob.glob(str(p), recursive=True))
             paths += [Path(m) for m in matches if Path(m).is_file()]
             if not matches:
                 paths.append(p)
-        else:
-            paths.append(p)
     return paths

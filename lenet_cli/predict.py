@@ -42,10 +42,10 @@ def default_model_path(weights: Path | None, device: str) -> Path:
 def _preview_name(path: Path, used: set[str]) -> str:
     """`<stem>.png`, made unique: `a.png` and `a.jpg`, or two folders' `1.png`, must not overwrite each other."""
     name, n = f"{path.stem}.png", 1
-    while name in used:
+    while name.casefold() in used:  # macOS and Windows folders ignore case: A.png is a.png
         n += 1
         name = f"{path.stem}-{n}.png"
-    used.add(name)
+    used.add(name.casefold())
     return name
 
 
@@ -85,6 +85,9 @@ def predict_files(
         except ImageError as exc:
             row["error"] = exc.message.removeprefix(f"{path}: ")  # the row already names the file
             row["error_kind"] = exc.kind
+        except Exception as exc:  # noqa: BLE001 - one odd file must never cost the user the other rows
+            row["error"] = f"cannot process this image ({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''})"
+            row["error_kind"] = "corrupt"
         else:
             row["inverted"] = prepared.inverted
             row["passthrough"] = prepared.passthrough

@@ -14,6 +14,7 @@ from typing import Any
 
 from rich.console import Group
 from rich.live import Live
+from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from rich.table import Table
 
@@ -287,8 +288,9 @@ def run_predict(items: list[str], weights: Path | None, device: str, top_k: int,
 def render_predictions(report: dict[str, Any], top_k: int) -> None:
     """One row per file: prediction, confidence, top-k and what preprocessing decided, or the error."""
     table = Table(title=f"Predictions ({report['backend']} on {report['device']})", title_justify="left")
-    table.add_column("file", overflow="fold")
-    table.add_column("prediction", justify="center")
+    longest = max(len(row["file"]) for row in report["results"])
+    table.add_column("file", overflow="fold", min_width=min(longest, 48))  # fold only very long paths
+    table.add_column("digit", justify="center")
     table.add_column("confidence", justify="right")
     table.add_column(f"top {top_k}")
     table.add_column("notes", style="dim")
@@ -296,13 +298,15 @@ def render_predictions(report: dict[str, Any], top_k: int) -> None:
     for row in report["results"]:
         if row.get("error"):
             failed += 1
-            table.add_row(row["file"], "[red]error[/]", "", f"[red]{row['error']}[/]", row.get("error_kind", ""))
+            table.add_row(escape(row["file"]), "[red]error[/]", "", f"[red]{escape(row['error'])}[/]",
+                          row.get("error_kind", ""))
             continue
-        tops = "  ".join(f"{t['class']}: {100 * t['probability']:.1f}%" for t in row["top_k"])
+        tops = "  ".join(f"{t['class']} {100 * t['probability']:.1f}%" for t in row["top_k"])
         notes = "MNIST form, unchanged" if row["passthrough"] else ("inverted" if row["inverted"] else "")
-        table.add_row(row["file"], f"[bold]{row['prediction']}[/]", f"{100 * row['confidence']:.1f}%", tops, notes)
+        table.add_row(escape(row["file"]), f"[bold]{row['prediction']}[/]", f"{100 * row['confidence']:.1f}%", tops, notes)
     out.print(table)
     if failed:
+        out.file.flush()  # the table first, then the summary, even when both streams go to one pipe
         err.print(f"[red]{failed} of {len(report['results'])} file(s) could not be classified.[/]")
 
 

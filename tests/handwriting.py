@@ -142,11 +142,17 @@ def _render_mask(strokes: list[np.ndarray], size: tuple[int, int], box: tuple[fl
     cx, cy, height = box
     big = Image.new("L", (w * ss, h * ss), 0)
     draw = ImageDraw.Draw(big)
-    radius = pen * ss / 2
+    radius = max(pen * ss / 2, 0.5)
+    # A pen is a disk dragged along the path: stamp disks at most half a radius apart.
+    # (Pillow's wide polylines leave notches at sharp bends.)
     for line in strokes:
-        xy = [((cx + x * height) * ss, (cy + y * height) * ss) for x, y in line]
-        draw.line(xy, fill=255, width=max(1, int(round(pen * ss))), joint="curve")
-        for x, y in (xy[0], xy[-1]):  # round caps
+        xy = np.column_stack([(cx + line[:, 0] * height) * ss, (cy + line[:, 1] * height) * ss])
+        seg = np.linalg.norm(np.diff(xy, axis=0), axis=1)
+        dist = np.concatenate([[0.0], np.cumsum(seg)])
+        n = max(2, int(dist[-1] / max(radius * 0.5, 0.5)) + 1)
+        at = np.linspace(0, dist[-1], n)
+        px, py = np.interp(at, dist, xy[:, 0]), np.interp(at, dist, xy[:, 1])
+        for x, y in zip(px, py):
             draw.ellipse((x - radius, y - radius, x + radius, y + radius), fill=255)
     return big.resize((w, h), Image.Resampling.BOX) if ss > 1 else big
 
