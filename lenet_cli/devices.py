@@ -7,7 +7,7 @@ or we raise DeviceError with a message that says what *is* available.
 from __future__ import annotations
 
 import re
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from lenet_cli.errors import DeviceError, UsageError
 
@@ -92,8 +92,11 @@ def describe_device(device: torch.device) -> str:
     return str(device)
 
 
-def onnx_providers(spec: str) -> list[str]:
-    """onnxruntime execution providers for a device string; never a silent fallback to CPU."""
+def onnx_providers(spec: str) -> list[str | tuple[str, dict[str, Any]]]:
+    """onnxruntime execution providers for a device string; never a silent fallback to CPU.
+
+    `cuda:N` becomes the CUDA provider with `device_id` N.
+    """
     import onnxruntime as ort
 
     kind, index = parse_device_spec(spec)
@@ -111,4 +114,4 @@ def onnx_providers(spec: str) -> list[str]:
             "CUDA was requested for an ONNX model, but the installed onnxruntime has no CUDA execution provider.",
             "Install GPU support with: pip uninstall onnxruntime && pip install onnxruntime-gpu",
         )
-    return ["CUDAExecutionProvider"]
+    return [("CUDAExecutionProvider", {"device_id": index or 0})]

@@ -33,6 +33,8 @@ DEFAULT_OPSET = 18
 INPUT_NAME = "pixels"
 OUTPUT_NAME = "logits"
 PROB_TOLERANCE = 1e-5  # max |p_onnx - p_torch| accepted by verification
+QUANT_MAX_DROP = 0.005  # an int8 model may lose at most 0.5 points of test accuracy, or it is not written
+CALIBRATION_IMAGES = 1024  # training images (never test images) that set the int8 activation ranges
 
 
 @dataclass(frozen=True)
@@ -159,6 +161,85 @@ def verify(model_proto, torch_model, images: np.ndarray, batch_sizes=(1, 256)) -
     return rows
 
 
+@dataclass(frozen=True)
+class QuantRow:
+    """One model in the float-vs-int8 comparison."""
+
+    model: str
+    bytes: int
+    test_images: int
+    test_accuracy: float
+    top1_agree_with_float: float
+    batch1_p50_us: float
+    batch1024_images_per_s: float
+
+
+def quantize_int8(model_proto, calibration: np.ndarray):
+    """Static int8 quantization with onnxruntime's tools: QDQ format, per-channel int8 weights,
+    uint8 activations whose ranges come from `calibration` (uint8 (N, 28, 28) training images).
+
+    QDQ keeps the graph in standard ONNX operators (QuantizeLinear/DequantizeLinear around
+    float ops), so any conformant runtime can load it, and runtimes with int8 kernels fuse it.
+    """
+    import tempfile
+
+    import onnx
+    from onnxruntime.quantization import CalibrationDataReader, CalibrationMethod, QuantFormat, QuantType, quantize_static
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    x = calibration.astype(np.float32).reshape(-1, 1, 28, 28)
+
+    class Reader(CalibrationDataReader):
+        def __init__(self) -> None:
+            self.batches = iter([{INPUT_NAME: x[i : i + 128]} for i in range(0, len(x), 128)])
+
+        def get_next(self):
+            return next(self.batches, None)
+
+    with tempfile.TemporaryDirectory(prefix="lenet-quant-") as tmp:
+        src, pre, out = (Path(tmp) / n for n in ("float.onnx", "pre.onnx", "int8.onnx"))
+        src.write_bytes(model_proto.SerializeToString())
+        try:
+            quant_pre_process(str(src), str(pre))  # shape inference + graph clean-up, as ORT recommends
+            quantize_static(str(pre), str(out), Reader(), quant_format=QuantFormat.QDQ, per_channel=True,
+                            activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
+                            calibrate_method=CalibrationMethod.MinMax)
+        except Exception as exc:
+            raise ExportError(f"onnxruntime could not quantize the model: {str(exc).splitlines()[0][:300]}") from exc
+        quantized = onnx.load(str(out))
+    try:
+        onnx.checker.check_model(quantized, full_check=True)
+    except Exception as exc:
+        raise ExportError(f"The int8 model fails onnx.checker: {str(exc).splitlines()[0][:300]}") from exc
+    return quantized
+
+
+def compare_float_int8(float_proto, int8_proto, images: np.ndarray, labels: np.ndarray,
+                       seconds: float = 0.3) -> list[QuantRow]:
+    """Test accuracy, agreement and CPU speed (batch 1 latency, batch 1024 throughput) of both models."""
+    import onnxruntime as ort
+
+    from lenet_cli.bench import time_calls
+
+    x = images.astype(np.float32).reshape(-1, 1, 28, 28)
+    rows, reference = [], None
+    for name, proto in (("float32", float_proto), ("int8", int8_proto)):
+        data = proto.SerializeToString()
+        opts = ort.SessionOptions()
+        opts.log_severity_level = 3
+        opts.intra_op_num_threads = min(os.cpu_count() or 1, 4)
+        session = ort.InferenceSession(data, sess_options=opts, providers=["CPUExecutionProvider"])
+        pred = np.concatenate([session.run(None, {INPUT_NAME: x[i : i + 1024]})[0].argmax(1)
+                               for i in range(0, len(x), 1024)])
+        reference = pred if reference is None else reference
+        one, big = x[:1], np.resize(x, (1024, 1, 28, 28))
+        t1 = float(np.median(time_calls(lambda: session.run(None, {INPUT_NAME: one}), 20, seconds)))
+        tb = float(np.median(time_calls(lambda: session.run(None, {INPUT_NAME: big}), 2, seconds)))
+        rows.append(QuantRow(name, len(data), len(x), float((pred == labels).mean()),
+                             float((pred == reference).mean()), t1 * 1e6, 1024 / tb))
+    return rows
+
+
 def _softmax(z: np.ndarray) -> np.ndarray:
     z = z.astype(np.float64) - z.max(axis=1, keepdims=True)
     e = np.exp(z)
@@ -166,11 +247,12 @@ def _softmax(z: np.ndarray) -> np.ndarray:
 
 
 def export_onnx(
-    weights: Path, output: Path, opset: int = DEFAULT_OPSET, images: np.ndarray | None = None
-) -> tuple[Path, list[ParityRow], dict[str, Any]]:
-    """Export a safetensors model to ONNX, verify it, and write it atomically only if it passes."""
-    import onnx
-
+    weights: Path, output: Path, opset: int = DEFAULT_OPSET, images: np.ndarray | None = None,
+    quantize: str | None = None, calibration: np.ndarray | None = None,
+    test_images: np.ndarray | None = None, test_labels: np.ndarray | None = None,
+) -> tuple[Path, list[ParityRow], dict[str, Any], list[QuantRow]]:
+    """Export a safetensors model to ONNX, verify it, optionally quantize it to int8, and write
+    the file atomically only if every check passes."""
     from lenet_cli.fileio import atomic_write_bytes
     from lenet_cli.weights import load_model
 
@@ -180,7 +262,8 @@ def export_onnx(
         raise UsageError(f"--opset must be between 7 and 23, got {opset}.")
     model, info = load_model(weights, "cpu")
     proto = export_model_proto(model, opset)
-    for key, value in onnx_metadata(info, opset).items():
+    meta = onnx_metadata(info, opset)
+    for key, value in meta.items():
         entry = proto.metadata_props.add()
         entry.key, entry.value = key, value
     proto.doc_string = "LeNet-5 digit classifier exported by lenet-cli. Input: raw pixels 0-255."
@@ -193,5 +276,33 @@ def export_onnx(
             f"Verification failed at batch size {bad.batch_size}: {bad.top1_agree}/{bad.images} top-1 agree, "
             f"max probability difference {bad.max_abs_prob_diff:.2e} (tolerance {PROB_TOLERANCE:.0e}). No file was written."
         )
+    quant_rows: list[QuantRow] = []
+    if quantize is not None:
+        if quantize != "int8":
+            from lenet_cli.errors import UsageError
+
+            raise UsageError(f"--quantize supports only int8, got {quantize!r}.")
+        if calibration is None or test_images is None or test_labels is None:
+            raise ExportError("int8 quantization needs calibration and test images.")
+        float_proto = proto
+        proto = quantize_int8(float_proto, calibration)
+        quant_rows = compare_float_int8(float_proto, proto, test_images, test_labels)
+        f32, i8 = quant_rows
+        if i8.test_accuracy < f32.test_accuracy - QUANT_MAX_DROP:
+            raise ExportError(
+                f"The int8 model reaches {100 * i8.test_accuracy:.2f}% against {100 * f32.test_accuracy:.2f}% in float32, "
+                f"a loss above the {100 * QUANT_MAX_DROP:.1f}-point limit. No file was written.",
+                "Export without --quantize, or calibrate a better-trained model.",
+            )
+        meta["quantization"] = json.dumps({
+            "type": "int8 static, QDQ, per-channel int8 weights, uint8 activations, MinMax calibration",
+            "calibration_images": int(len(calibration)), "test_accuracy": i8.test_accuracy,
+            "float32_test_accuracy": f32.test_accuracy, "test_images": i8.test_images,
+        })
+        del proto.metadata_props[:]
+        for key, value in meta.items():
+            entry = proto.metadata_props.add()
+            entry.key, entry.value = key, value
+        proto.doc_string = "LeNet-5 digit classifier (int8) exported by lenet-cli. Input: raw pixels 0-255."
     atomic_write_bytes(Path(output), proto.SerializeToString())
-    return Path(output), rows, onnx_metadata(info, opset)
+    return Path(output), rows, meta, quant_rows

@@ -313,27 +313,32 @@ def render_predictions(report: dict[str, Any], top_k: int) -> None:
 # --------------------------------------------------------------------------- export
 
 
-def verification_images(data_dir: Path | None, allow_download: bool, n: int = 512):
-    """Real MNIST test images for export verification (uint8 numpy (n, 28, 28))."""
+def run_export(weights: Path | None, output: Path | None, opset: int, data_dir: Path | None,
+               allow_download: bool, quantize: str | None = None) -> dict[str, Any]:
+    """Export, verify, optionally quantize, write; the report includes the parity table."""
     from lenet_cli.data import load_split, resolve_data_dir
-
-    test = load_split(resolve_data_dir(data_dir), "test", allow_download=allow_download)
-    return test.images[:n].numpy()
-
-
-def run_export(weights: Path | None, output: Path, opset: int, data_dir: Path | None,
-               allow_download: bool) -> dict[str, Any]:
-    """Export, verify, write; the report includes the parity table."""
-    from lenet_cli.onnx_io import PROB_TOLERANCE, export_onnx
+    from lenet_cli.onnx_io import CALIBRATION_IMAGES, PROB_TOLERANCE, QUANT_MAX_DROP, export_onnx
     from lenet_cli.weights import resolve_weights_path
 
-    path = resolve_weights_path(weights)
+    if quantize is not None and quantize != "int8":
+        raise UsageError(f"--quantize supports only int8, got {quantize!r}.", "Example: lenet export --onnx --quantize int8")
+    if output is None:
+        output = Path("lenet5-int8.onnx" if quantize else "lenet5.onnx")
     if output.suffix.lower() != ".onnx":
         raise UsageError(f"--output should end in .onnx, got {output}.")
-    images = verification_images(data_dir, allow_download)
-    with err.status(f"Exporting {path.name} to ONNX opset {opset} and verifying ..."):
-        written, rows, meta = export_onnx(path, output, opset, images)
-    return {
+    path = resolve_weights_path(weights)
+    folder = resolve_data_dir(data_dir)
+    test = load_split(folder, "test", allow_download=allow_download)
+    images, labels = test.images.numpy(), test.labels.numpy()
+    calibration = None
+    if quantize:
+        # Calibrate on training images: the test set only ever measures.
+        calibration = load_split(folder, "train", allow_download=allow_download).images[:CALIBRATION_IMAGES].numpy()
+    what = f"Exporting {path.name} to ONNX opset {opset}" + (" and quantizing to int8" if quantize else "")
+    with err.status(f"{what}, verifying ..."):
+        written, rows, meta, quant_rows = export_onnx(path, output, opset, images[:512], quantize, calibration,
+                                                      images, labels)
+    report: dict[str, Any] = {
         "weights": str(path),
         "output": str(written),
         "opset": opset,
@@ -342,6 +347,10 @@ def run_export(weights: Path | None, output: Path, opset: int, data_dir: Path | 
         "verification": [vars(r) for r in rows],
         "metadata": meta,
     }
+    if quantize:
+        report["quantization"] = {"type": quantize, "max_accuracy_drop": QUANT_MAX_DROP,
+                                  "comparison": [vars(r) for r in quant_rows]}
+    return report
 
 
 def render_export(report: dict[str, Any]) -> None:
@@ -353,6 +362,18 @@ def render_export(report: dict[str, Any]) -> None:
         table.add_row(str(r["batch_size"]), str(r["images"]), f"{r['top1_agree']}/{r['images']}",
                       f"{r['max_abs_prob_diff']:.1e}", "[green]pass[/]" if r["passed"] else "[red]fail[/]")
     out.print(table)
+    if "quantization" in report:
+        q = report["quantization"]
+        rows = q["comparison"]
+        table = Table(title=f"float32 vs int8 on {rows[0]['test_images']:,} MNIST test images, onnxruntime on the CPU",
+                      title_justify="left")
+        for name in ("model", "size", "test accuracy", "agrees with float32", "batch 1 p50", "batch 1024"):
+            table.add_column(name, justify="right")
+        for r in rows:
+            table.add_row(r["model"], f"{r['bytes'] / 1024:.0f} KiB", pct(r["test_accuracy"]),
+                          pct(r["top1_agree_with_float"]), f"{r['batch1_p50_us']:.0f} µs",
+                          f"{r['batch1024_images_per_s']:,.0f} img/s")
+        out.print(table)
     out.print(f"Wrote {report['output']} ({report['bytes'] / 1024:.0f} KiB, opset {report['opset']}): "
               "input 'pixels' float32 [N, 1, 28, 28] raw 0-255, output 'logits' [N, 10].")
     out.print(f"[bold]Next:[/] lenet eval --weights {report['output']}")

@@ -1,0 +1,139 @@
+"""`lenet export --onnx`: failure paths that must write nothing, int8 quantization, ONNX devices."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+from typer.testing import CliRunner
+
+from lenet_cli.cli import app
+from lenet_cli.errors import DeviceError
+
+runner = CliRunner()
+
+
+def invoke(*args):
+    result = runner.invoke(app, [str(a) for a in args])
+    assert "Traceback" not in result.output, result.output
+    return result
+
+
+def test_int8_export_writes_a_compared_quantized_model(tiny_mnist, trained_weights, tmp_path, monkeypatch):
+    import onnx
+
+    import lenet_cli.onnx_io as onnx_io
+
+    # 200 synthetic test images: one image is half a point, so the accuracy gate is relaxed here
+    # (its own behaviour is tested below); on real MNIST the 0.5-point limit applies.
+    monkeypatch.setattr(onnx_io, "QUANT_MAX_DROP", 1.0)
+    monkeypatch.chdir(tmp_path)
+    result = invoke("export", "--onnx", "--quantize", "int8", "--weights", trained_weights,
+                    "--data-dir", tiny_mnist, "--no-download", "--json")
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.stdout)
+    out = tmp_path / "lenet5-int8.onnx"  # the default name with --quantize int8
+    assert report["output"] == "lenet5-int8.onnx" and out.is_file()
+    f32, i8 = report["quantization"]["comparison"]
+    assert (f32["model"], i8["model"]) == ("float32", "int8")
+    assert i8["bytes"] < f32["bytes"] / 2  # int8 weights
+    assert f32["test_images"] == i8["test_images"] == 200
+    assert 0 < i8["test_accuracy"] <= 1 and f32["top1_agree_with_float"] == 1.0
+    assert i8["batch1_p50_us"] > 0 and i8["batch1024_images_per_s"] > 0
+    proto = onnx.load(str(out))
+    ops = {n.op_type for n in proto.graph.node}
+    assert {"QuantizeLinear", "DequantizeLinear"} <= ops  # QDQ: standard operators only
+    assert {n.domain for n in proto.graph.node} <= {"", "ai.onnx"}
+    meta = {p.key: p.value for p in proto.metadata_props}
+    quant = json.loads(meta["quantization"])
+    assert quant["test_accuracy"] == pytest.approx(i8["test_accuracy"]) and quant["calibration_images"] > 0
+    assert "source_weights_sha256" in meta
+    # The int8 file is a first-class model for eval and predict, with the accuracy export reported.
+    ev = invoke("eval", "--weights", out, "--data-dir", tiny_mnist, "--device", "cpu", "--json", "--no-plots")
+    assert ev.exit_code == 0, ev.output
+    assert json.loads(ev.stdout)["accuracy"] == pytest.approx(i8["test_accuracy"], abs=1e-6)
+
+
+def test_int8_that_loses_accuracy_is_refused_and_writes_nothing(tiny_mnist, trained_weights, tmp_path, monkeypatch):
+    import lenet_cli.onnx_io as onnx_io
+
+    monkeypatch.setattr(onnx_io, "QUANT_MAX_DROP", -1.0)  # no model can pass: the refusal path runs
+    out = tmp_path / "q.onnx"
+    result = invoke("export", "--onnx", "--quantize", "int8", "--weights", trained_weights, "--output", out,
+                    "--data-dir", tiny_mnist, "--no-download")
+    assert result.exit_code == 1 and "No file was written" in result.output
+    assert not out.exists() and list(tmp_path.iterdir()) == []
+
+
+def test_failed_verification_writes_nothing(tiny_mnist, trained_weights, tmp_path, monkeypatch):
+    import lenet_cli.onnx_io as onnx_io
+
+    monkeypatch.setattr(onnx_io, "PROB_TOLERANCE", -1.0)
+    out = tmp_path / "m.onnx"
+    out.write_bytes(b"the previous, good file")
+    result = invoke("export", "--onnx", "--weights", trained_weights, "--output", out, "--data-dir", tiny_mnist,
+                    "--no-download")
+    assert result.exit_code == 1 and "Verification failed" in result.output
+    assert out.read_bytes() == b"the previous, good file"  # never replaced by a broken export
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["m.onnx"]  # no temporary left behind
+
+
+def test_mismatched_weights_fail_and_write_nothing(tiny_mnist, trained_weights, tmp_path):
+    from safetensors.numpy import load_file, save_file
+    from safetensors import safe_open
+
+    with safe_open(str(trained_weights), "np") as f:
+        metadata = f.metadata()
+    tensors = load_file(str(trained_weights))
+    name = next(k for k, v in tensors.items() if v.ndim == 4)  # a conv kernel
+    tensors[name] = np.zeros((3, *tensors[name].shape[1:]), tensors[name].dtype)  # wrong channel count
+    bad = tmp_path / "other.safetensors"
+    save_file(tensors, str(bad), metadata=metadata)
+    out = tmp_path / "m.onnx"
+    result = invoke("export", "--onnx", "--weights", bad, "--output", out, "--data-dir", tiny_mnist, "--no-download")
+    assert result.exit_code == 1 and "does not match" in result.output
+    assert not out.exists()
+
+
+def test_truncated_weights_fail_and_write_nothing(tiny_mnist, trained_weights, tmp_path):
+    bad = tmp_path / "cut.safetensors"
+    bad.write_bytes(trained_weights.read_bytes()[:5000])
+    out = tmp_path / "m.onnx"
+    result = invoke("export", "--onnx", "--weights", bad, "--output", out, "--data-dir", tiny_mnist, "--no-download")
+    assert result.exit_code == 1 and str(bad) in result.output
+    assert not out.exists()
+
+
+def test_unknown_quantization_is_a_usage_error(tmp_path):
+    result = invoke("export", "--onnx", "--quantize", "int4", "--output", tmp_path / "m.onnx")
+    assert result.exit_code == 2 and "int8" in result.output
+
+
+def test_onnx_providers_honour_the_cuda_index(monkeypatch):
+    import onnxruntime as ort
+
+    from lenet_cli.devices import onnx_providers
+
+    monkeypatch.setattr(ort, "get_available_providers", lambda: ["CUDAExecutionProvider", "CPUExecutionProvider"])
+    assert onnx_providers("cuda:1") == [("CUDAExecutionProvider", {"device_id": 1})]
+    assert onnx_providers("cuda") == [("CUDAExecutionProvider", {"device_id": 0})]
+    assert onnx_providers("cpu") == ["CPUExecutionProvider"]
+    monkeypatch.setattr(ort, "get_available_providers", lambda: ["CPUExecutionProvider"])
+    with pytest.raises(DeviceError, match="no CUDA execution provider") as info:
+        onnx_providers("cuda:0")
+    assert "onnxruntime-gpu" in str(info.value)
+
+
+def test_cuda_request_for_onnx_without_gpu_support_is_a_plain_error(tmp_path, monkeypatch):
+    import onnxruntime as ort
+
+    from lenet_cli.weights import bundled_onnx_path
+
+    monkeypatch.setattr(ort, "get_available_providers", lambda: ["CPUExecutionProvider"])
+    from PIL import Image
+
+    Image.new("L", (28, 28), 0).save(tmp_path / "d.png")
+    result = invoke("predict", tmp_path / "d.png", "--weights", bundled_onnx_path(), "--device", "cuda")
+    assert result.exit_code == 1
+    assert "no CUDA execution provider" in result.output and "pip install onnxruntime-gpu" in result.output
