@@ -148,11 +148,12 @@ def run_bench(weights: Path, cfg: BenchConfig, progress: Callable[[str], None] =
             from lenet_cli.onnx_io import export_onnx, make_session
 
             try:
-                tmp = Path(tempfile.mkdtemp(prefix="lenet-bench-")) / "model.onnx"
                 images = rng.integers(0, 256, (256, 28, 28)).astype(np.uint8)
-                export_onnx(weights, tmp, images=images)
-                spec = "cuda" if device.type == "cuda" else "cpu"
-                session = make_session(tmp, spec)
+                # The session holds the model in memory, so the exported file can go at once.
+                with tempfile.TemporaryDirectory(prefix="lenet-bench-") as folder:
+                    tmp = Path(folder) / "model.onnx"
+                    export_onnx(weights, tmp, images=images)
+                    session = make_session(tmp, str(device) if device.type == "cuda" else "cpu")
             except Exception as exc:
                 skipped[backend] = str(exc).splitlines()[0]
                 continue

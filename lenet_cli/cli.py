@@ -273,7 +273,8 @@ def export(
         Optional[Path], typer.Option("--output", "-o", help="The .onnx file to write. [default: lenet5.onnx, "
                                      "or lenet5-int8.onnx with --quantize int8]", show_default=False)
     ] = None,
-    opset: Annotated[int, typer.Option(help="ONNX opset version.", min=7, max=23)] = 18,
+    opset: Annotated[int, typer.Option(help="ONNX opset version (18 or newer: PyTorch's exporter starts there).",
+                                       min=18, max=23)] = 18,
     quantize: Annotated[
         Optional[str], typer.Option("--quantize", help="int8: static int8 quantization with onnxruntime (calibrated on "
                                     "1,024 training images), compared with float32 on the test set.",

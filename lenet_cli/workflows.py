@@ -336,7 +336,7 @@ def run_export(weights: Path | None, output: Path | None, opset: int, data_dir: 
         calibration = load_split(folder, "train", allow_download=allow_download).images[:CALIBRATION_IMAGES].numpy()
     what = f"Exporting {path.name} to ONNX opset {opset}" + (" and quantizing to int8" if quantize else "")
     with err.status(f"{what}, verifying ..."):
-        written, rows, meta, quant_rows = export_onnx(path, output, opset, images[:512], quantize, calibration,
+        written, rows, meta, quant_rows = export_onnx(path, output, opset, images[:256], quantize, calibration,
                                                       images, labels)
     report: dict[str, Any] = {
         "weights": str(path),

@@ -39,13 +39,16 @@ def test_int8_export_writes_a_compared_quantized_model(tiny_mnist, trained_weigh
     assert (f32["model"], i8["model"]) == ("float32", "int8")
     assert i8["bytes"] < f32["bytes"] / 2  # int8 weights
     assert f32["test_images"] == i8["test_images"] == 200
-    assert 0 < i8["test_accuracy"] <= 1 and f32["top1_agree_with_float"] == 1.0
+    assert 0 < i8["test_accuracy"] <= 1 and 0.5 < i8["top1_agree_with_float"] <= 1
     assert i8["batch1_p50_us"] > 0 and i8["batch1024_images_per_s"] > 0
     proto = onnx.load(str(out))
     ops = {n.op_type for n in proto.graph.node}
     assert {"QuantizeLinear", "DequantizeLinear"} <= ops  # QDQ: standard operators only
     assert {n.domain for n in proto.graph.node} <= {"", "ai.onnx"}
+    assert {o.domain for o in proto.opset_import} <= {"", "ai.onnx"}  # claims no vendor operator sets
     meta = {p.key: p.value for p in proto.metadata_props}
+    assert json.loads(meta["metrics"])["test_accuracy"] == pytest.approx(i8["test_accuracy"])
+    assert "source_metrics" in meta
     quant = json.loads(meta["quantization"])
     assert quant["test_accuracy"] == pytest.approx(i8["test_accuracy"]) and quant["calibration_images"] > 0
     assert "source_weights_sha256" in meta
@@ -60,10 +63,11 @@ def test_int8_that_loses_accuracy_is_refused_and_writes_nothing(tiny_mnist, trai
 
     monkeypatch.setattr(onnx_io, "QUANT_MAX_DROP", -1.0)  # no model can pass: the refusal path runs
     out = tmp_path / "q.onnx"
+    out.write_bytes(b"an earlier, good file")
     result = invoke("export", "--onnx", "--quantize", "int8", "--weights", trained_weights, "--output", out,
                     "--data-dir", tiny_mnist, "--no-download")
     assert result.exit_code == 1 and "No file was written" in result.output
-    assert not out.exists() and list(tmp_path.iterdir()) == []
+    assert out.read_bytes() == b"an earlier, good file" and [p.name for p in tmp_path.iterdir()] == ["q.onnx"]
 
 
 def test_failed_verification_writes_nothing(tiny_mnist, trained_weights, tmp_path, monkeypatch):
@@ -103,6 +107,30 @@ def test_truncated_weights_fail_and_write_nothing(tiny_mnist, trained_weights, t
     result = invoke("export", "--onnx", "--weights", bad, "--output", out, "--data-dir", tiny_mnist, "--no-download")
     assert result.exit_code == 1 and str(bad) in result.output
     assert not out.exists()
+
+
+def test_cuda_session_that_lands_on_the_cpu_is_an_error(monkeypatch):
+    """onnxruntime may start a CUDA-less session when CUDA libraries are missing: never accept it."""
+    import onnxruntime as ort
+
+    import lenet_cli.onnx_io as onnx_io
+    from lenet_cli.weights import bundled_onnx_path
+
+    real = ort.InferenceSession
+    monkeypatch.setattr(ort, "get_available_providers", lambda: ["CUDAExecutionProvider", "CPUExecutionProvider"])
+
+    def cpu_only(path, sess_options=None, providers=None, **kwargs):
+        assert kwargs.get("enable_fallback") == 0
+        return real(path, sess_options=sess_options, providers=["CPUExecutionProvider"])
+
+    monkeypatch.setattr(ort, "InferenceSession", cpu_only)
+    with pytest.raises(DeviceError, match="did not run"):
+        onnx_io.make_session(bundled_onnx_path(), "cuda:1")
+
+
+def test_old_opsets_are_refused(tmp_path):
+    result = invoke("export", "--onnx", "--opset", "11", "--output", tmp_path / "m.onnx")
+    assert result.exit_code == 2 and not (tmp_path / "m.onnx").exists()
 
 
 def test_unknown_quantization_is_a_usage_error(tmp_path):
