@@ -13,6 +13,7 @@ This module imports torch only inside `export_onnx`; the inference path does not
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 from dataclasses import dataclass
@@ -340,5 +341,6 @@ def export_onnx(
             entry = proto.metadata_props.add()
             entry.key, entry.value = key, value
         proto.doc_string = "LeNet-5 digit classifier (int8) exported by lenet-cli. Input: raw pixels 0-255."
+        quant_rows[1] = dataclasses.replace(i8, bytes=proto.ByteSize())  # the size of the file as written
     atomic_write_bytes(Path(output), proto.SerializeToString())
     return Path(output), rows, meta, quant_rows
