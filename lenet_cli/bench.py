@@ -17,6 +17,7 @@ from typing import Any, Callable
 import numpy as np
 
 from lenet_cli import __version__
+from lenet_cli.errors import first_line
 
 MACS_PER_IMAGE = 416_520  # LeNet-5 forward multiply-accumulates per image (modern preset)
 
@@ -155,7 +156,7 @@ def run_bench(weights: Path, cfg: BenchConfig, progress: Callable[[str], None] =
                     export_onnx(weights, tmp, images=images)
                     session = make_session(tmp, str(device) if device.type == "cuda" else "cpu")
             except Exception as exc:
-                skipped[backend] = str(exc).splitlines()[0]
+                skipped[backend] = first_line(exc)
                 continue
             name = session.get_inputs()[0].name
             def runner_for(bs, session=session, name=name):
@@ -170,7 +171,7 @@ def run_bench(weights: Path, cfg: BenchConfig, progress: Callable[[str], None] =
             try:
                 times = time_calls(runner_for(bs), cfg.warmup, cfg.min_seconds, sync)
             except Exception as exc:
-                skipped[f"{backend}@{bs}"] = str(exc).splitlines()[0][:200]
+                skipped[f"{backend}@{bs}"] = first_line(exc, 200)
                 continue
             results.append(summarize_times(backend, dev_name, bs, times))
 

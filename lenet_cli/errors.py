@@ -14,6 +14,11 @@ EXIT_USAGE = 2
 EXIT_INTERRUPTED = 130
 
 
+def first_line(exc: BaseException, limit: int = 300) -> str:
+    """The first line of an exception's message (for one-line errors), or its type when it has none."""
+    return ((str(exc).strip().splitlines() or [type(exc).__name__])[0])[:limit]
+
+
 class LenetError(Exception):
     """Base class: a message that says what went wrong and, optionally, what to do next."""
 

@@ -31,7 +31,7 @@ from pathlib import Path
 
 import numpy as np
 
-from lenet_cli.errors import ImageError
+from lenet_cli.errors import ImageError, first_line
 
 MNIST_SIZE = 28
 MNIST_BOX = 20  # MNIST digits are fitted into 20x20 ...
@@ -91,7 +91,7 @@ def load_gray(path: Path) -> tuple[np.ndarray, np.ndarray | None]:
             raise ImageError(f"{path}: not an image (Pillow cannot identify its format).", kind="not_image") from exc
         except (OSError, SyntaxError, ValueError, EOFError, MemoryError) as exc:
             # Truncated downloads and damaged files end up here ("image file is truncated", ...).
-            detail = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+            detail = first_line(exc)
             raise ImageError(f"{path}: damaged or truncated image ({detail}).", kind="corrupt") from exc
 
 

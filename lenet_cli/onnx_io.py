@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from lenet_cli import __version__
-from lenet_cli.errors import DeviceError, ExportError, WeightsError
+from lenet_cli.errors import DeviceError, ExportError, WeightsError, first_line
 
 if TYPE_CHECKING:  # pragma: no cover
     import onnxruntime
@@ -79,10 +79,10 @@ def make_session(path: Path, device_spec: str = "cpu", threads: int | None = Non
         session = ort.InferenceSession(str(path), sess_options=opts, providers=providers, enable_fallback=0)
     except Exception as exc:  # onnxruntime raises its own Fail/InvalidGraph/... types
         if explicit_cuda:
-            raise DeviceError(f"onnxruntime could not start CUDA for {device_spec}: {_first_line(exc)}.",
+            raise DeviceError(f"onnxruntime could not start CUDA for {device_spec}: {first_line(exc)}.",
                               "Check the GPU index and the CUDA/cuDNN libraries onnxruntime-gpu needs.") from exc
         raise WeightsError(
-            f"{path} is not a valid ONNX model ({_first_line(exc)}).",
+            f"{path} is not a valid ONNX model ({first_line(exc)}).",
             "Re-create it with `lenet export --onnx`.",
         ) from exc
     if explicit_cuda and "CUDAExecutionProvider" not in session.get_providers():
@@ -140,7 +140,7 @@ def export_model_proto(model, opset: int = DEFAULT_OPSET):
                 verbose=False,
             )
         except Exception as exc:
-            raise ExportError(f"PyTorch could not export the model to ONNX opset {opset}: {_first_line(exc)}") from exc
+            raise ExportError(f"PyTorch could not export the model to ONNX opset {opset}: {first_line(exc)}") from exc
     return program.model_proto
 
 
@@ -153,7 +153,7 @@ def verify(model_proto, torch_model, images: np.ndarray, batch_sizes=(1, 256)) -
     try:
         onnx.checker.check_model(model_proto, full_check=True)
     except Exception as exc:
-        raise ExportError(f"The exported model fails onnx.checker: {_first_line(exc)}") from exc
+        raise ExportError(f"The exported model fails onnx.checker: {first_line(exc)}") from exc
     domains = {node.domain for node in model_proto.graph.node}
     if domains - {"", "ai.onnx"}:
         raise ExportError(f"The exported model uses non-standard operator domains: {sorted(domains - {'', 'ai.onnx'})}.")
@@ -221,7 +221,7 @@ def quantize_int8(model_proto, calibration: np.ndarray):
                             activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
                             calibrate_method=CalibrationMethod.MinMax)
         except Exception as exc:
-            raise ExportError(f"onnxruntime could not quantize the model: {_first_line(exc)}") from exc
+            raise ExportError(f"onnxruntime could not quantize the model: {first_line(exc)}") from exc
         quantized = onnx.load(str(out))
     # onnxruntime's optimiser declares every operator set it knows (com.microsoft, ...); keep only
     # the ones a node uses, so that the file claims nothing a plain ONNX runtime lacks.
@@ -232,7 +232,7 @@ def quantize_int8(model_proto, calibration: np.ndarray):
     try:
         onnx.checker.check_model(quantized, full_check=True)
     except Exception as exc:
-        raise ExportError(f"The int8 model fails onnx.checker: {_first_line(exc)}") from exc
+        raise ExportError(f"The int8 model fails onnx.checker: {first_line(exc)}") from exc
     return quantized
 
 
@@ -267,11 +267,6 @@ def compare_float_int8(float_proto, int8_proto, images: np.ndarray, labels: np.n
                              float((preds[name] == preds["float32"]).mean()), float(np.median(t1[name])) * 1e6,
                              1024 / float(np.median(tb[name]))))
     return rows
-
-
-def _first_line(exc: BaseException) -> str:
-    """The first line of an exception's message, or its type when it has none (a bare assert)."""
-    return ((str(exc).strip().splitlines() or [type(exc).__name__])[0])[:300]
 
 
 def _softmax(z: np.ndarray) -> np.ndarray:

@@ -13,7 +13,7 @@ from typing import Any, Callable
 
 import numpy as np
 
-from lenet_cli.errors import ImageError
+from lenet_cli.errors import ImageError, first_line
 
 
 @dataclass(frozen=True)
@@ -86,7 +86,7 @@ def predict_files(
             row["error"] = exc.message.removeprefix(f"{path}: ")  # the row already names the file
             row["error_kind"] = exc.kind
         except Exception as exc:  # noqa: BLE001 - one odd file must never cost the user the other rows
-            row["error"] = f"cannot process this image ({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''})"
+            row["error"] = f"cannot process this image ({type(exc).__name__}: {first_line(exc)})"
             row["error_kind"] = "corrupt"
         else:
             row["inverted"] = prepared.inverted

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from lenet_cli import __version__
-from lenet_cli.errors import WeightsError
+from lenet_cli.errors import WeightsError, first_line
 from lenet_cli.fileio import atomic_write_bytes
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -145,7 +145,7 @@ def read_info(path: Path) -> tuple[WeightsInfo, dict[str, "torch.Tensor"]]:
         metadata = _read_metadata(raw)
     except Exception as exc:  # safetensors raises SafetensorError / ValueError on bad bytes
         raise WeightsError(
-            f"{path} is not a valid safetensors file ({_first_line(exc)}).",
+            f"{path} is not a valid safetensors file ({first_line(exc, 200)}).",
             "The file is corrupt or truncated; re-create it with `lenet train`.",
         ) from exc
     if metadata.get("format") != FORMAT_TAG:
@@ -167,7 +167,7 @@ def read_info(path: Path) -> tuple[WeightsInfo, dict[str, "torch.Tensor"]]:
             sha256=hashlib.sha256(raw).hexdigest(),
         )
     except (KeyError, ValueError, TypeError) as exc:
-        raise WeightsError(f"{path} has unreadable lenet metadata ({_first_line(exc)}).") from exc
+        raise WeightsError(f"{path} has unreadable lenet metadata ({first_line(exc, 200)}).") from exc
     return info, tensors
 
 
@@ -179,12 +179,12 @@ def load_model(path: Path, device: "torch.device | str" = "cpu") -> tuple["LeNet
     try:
         model = build_model(info.config)
     except (ValueError, KeyError) as exc:
-        raise WeightsError(f"{path} describes a model this version cannot build ({_first_line(exc)}).") from exc
+        raise WeightsError(f"{path} describes a model this version cannot build ({first_line(exc, 200)}).") from exc
     try:
         model.load_state_dict(tensors, strict=True)
     except RuntimeError as exc:
         raise WeightsError(
-            f"{path} does not match the '{info.config.preset}' LeNet-5 it describes ({_first_line(exc)}).",
+            f"{path} does not match the '{info.config.preset}' LeNet-5 it describes ({first_line(exc, 200)}).",
             "The file was edited or written by an incompatible tool; re-create it with `lenet train`.",
         ) from exc
     model.eval()
@@ -199,8 +199,3 @@ def _read_metadata(raw: bytes) -> dict[str, str]:
     if not isinstance(meta, dict):
         raise ValueError("metadata is not a mapping")
     return meta
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return text.splitlines()[0][:200] if text else type(exc).__name__
