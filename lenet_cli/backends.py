@@ -43,9 +43,14 @@ class TorchBackend(Backend):
 
     def logits_tensor(self, images):
         """Torch uint8 (N, 28, 28) on any device -> torch float32 logits on the model's device."""
+        import torch
+
         from lenet_cli.evaluate import torch_logits
 
-        return torch_logits(self.model, images.to(self.torch_device))
+        out = torch_logits(self.model, images.to(self.torch_device))
+        if not bool(torch.isfinite(out).all()):
+            raise _broken_scores(self.path)
+        return out
 
     def logits(self, images: np.ndarray) -> np.ndarray:
         import torch
@@ -73,8 +78,31 @@ class OnnxBackend(Backend):
         super().__init__("onnxruntime", Path(path), device, parsed)
 
     def logits(self, images: np.ndarray) -> np.ndarray:
+        from lenet_cli.errors import WeightsError
+        from lenet_cli.onnx_io import ort_message
+
         x = np.ascontiguousarray(images, dtype=np.float32).reshape(-1, 1, 28, 28)
-        return self.session.run(None, {self.input_name: x})[0]
+        try:
+            out = np.asarray(self.session.run(None, {self.input_name: x})[0])
+        except Exception as exc:  # onnxruntime's own error types: a graph that fails on real input
+            raise WeightsError(f"{self.path} failed to run in onnxruntime ({ort_message(exc)}).",
+                               "Pass a model written by `lenet export --onnx`.") from exc
+        # The file's declared shapes may be symbolic: what it really returned decides.
+        if out.shape != (x.shape[0], 10):
+            raise WeightsError(f"{self.path} is not a LeNet digit classifier: it returned shape {list(out.shape)} "
+                               f"for {x.shape[0]} images, expected [{x.shape[0]}, 10].",
+                               "Pass a model written by `lenet export --onnx`.")
+        if not np.isfinite(out).all():
+            raise _broken_scores(self.path)
+        return out
+
+
+def _broken_scores(path: Path):
+    """Scores that are not numbers would print as NaN, which is not even valid JSON."""
+    from lenet_cli.errors import WeightsError
+
+    return WeightsError(f"{path} gives NaN or infinite scores: its weights or normalisation are broken.",
+                        "Re-create it with `lenet train` (or `lenet export --onnx` for an ONNX file).")
 
 
 def is_onnx_path(path: Path) -> bool:

@@ -1,8 +1,16 @@
-"""Timing harness for `lenet bench`: inference latency/throughput per backend and batch size,
-and training throughput of the real training step.
+"""Timing harness for `lenet bench`.
 
-Every measurement warms up first, repeats, and reports medians and percentiles.
-Timing code synchronises CUDA before reading the clock.
+Measures on the machine it runs on, side by side:
+* inference latency (p50/p90/p99 per batch) and throughput for each backend and batch size:
+  PyTorch eager, PyTorch compiled, onnxruntime on the CPU, and onnxruntime on CUDA;
+* training throughput of lenet's real training step, and of the pipeline LeNet tutorials
+  use (torchvision-style dataset with per-sample transforms, DataLoader, batch 64);
+* the machine's float32 matrix-multiply rate, so every figure can be read as a fraction
+  of what the hardware does on its best-suited work.
+
+Every measurement warms up first, then repeats for a time budget and reports medians and
+percentiles. Timing code synchronises CUDA before reading the clock. No figure here is
+hard-coded: they all come from the run.
 """
 
 from __future__ import annotations
@@ -10,7 +18,7 @@ from __future__ import annotations
 import platform
 import tempfile
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
@@ -19,7 +27,15 @@ import numpy as np
 from lenet_cli import __version__
 from lenet_cli.errors import first_line
 
-MACS_PER_IMAGE = 416_520  # LeNet-5 forward multiply-accumulates per image (modern preset)
+# LeNet-5 forward multiply-accumulates per image (modern preset; classic is within 1%):
+# C1 6*25*28*28 + C3 16*6*25*10*10 + C5 400*120 + F6 120*84 + out 84*10.
+MACS_PER_IMAGE = 416_520
+# A training step costs about three forward passes: forward, and backward for inputs and weights.
+TRAIN_FLOPS_PER_IMAGE = 3 * 2 * MACS_PER_IMAGE
+TRAIN_EPOCH_IMAGES = 55_000  # MNIST's 60,000 training images minus the default 5,000 held out
+TUTORIAL_BATCH = 64
+
+Progress = Callable[[str], None]
 
 
 @dataclass(frozen=True)
@@ -29,10 +45,12 @@ class BenchConfig:
     batch_sizes: tuple[int, ...] = (1, 64, 1024)
     device: str = "auto"
     backends: tuple[str, ...] = ("torch", "torch-compile", "onnxruntime")
-    min_seconds: float = 1.0  # time budget per (backend, batch size)
+    min_seconds: float = 1.0  # time budget per (backend, batch size), after warm-up
     warmup: int = 10
-    train_steps: int = 50
-    train_batch_size: int = 128
+    train_steps: int = 40
+    train_batch_size: int = 128  # lenet train's default
+    tutorial: bool = True  # also time the tutorial pipeline
+    tutorial_steps: int = 60
     quick: bool = False
 
 
@@ -48,20 +66,33 @@ class InferenceResult:
     p99_us: float
     images_per_s: float
     runs: int
+    gflops: float = 0.0  # 2 * MACs * images/s
+    fraction_of_peak: float | None = None  # gflops / the measured matmul rate
 
 
 @dataclass(frozen=True)
 class TrainingResult:
-    """Throughput of the real training step (forward, backward, optimiser, augmentation)."""
+    """Throughput of one training pipeline (forward, backward, optimiser, data handling)."""
 
+    pipeline: str
     device: str
     batch_size: int
     images_per_s: float
-    seconds_per_epoch: float
+    seconds_per_epoch: float  # for TRAIN_EPOCH_IMAGES images
     steps: int
+    gflops: float = 0.0
+    fraction_of_peak: float | None = None
 
 
-def environment(device: str) -> dict[str, Any]:
+@dataclass
+class Plan:
+    """The list of measurements, so a progress bar knows its length."""
+
+    steps: list[str] = field(default_factory=list)
+    done: int = 0
+
+
+def environment(device: "Any") -> dict[str, Any]:
     """The machine and library versions, for the report header."""
     import os
 
@@ -73,21 +104,38 @@ def environment(device: str) -> dict[str, Any]:
         "python": platform.python_version(),
         "torch": torch.__version__,
         "onnxruntime": ort.__version__,
-        "cpu": platform.processor() or platform.machine(),
+        "onnxruntime_providers": ", ".join(ort.get_available_providers()),
+        "cpu": _cpu_name(),
         "cpu_count": os.cpu_count(),
         "torch_threads": torch.get_num_threads(),
-        "device": device,
+        "device": str(device),
         "platform": platform.platform(),
         "date": time.strftime("%Y-%m-%d %H:%M:%S"),
     }
     if torch.cuda.is_available():
         env["gpu"] = torch.cuda.get_device_name(0)
+        env["cuda"] = torch.version.cuda
     return env
+
+
+def _cpu_name() -> str:
+    """The CPU model from /proc/cpuinfo where there is one (platform.processor() is often empty)."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.lower().startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
 
 
 def time_calls(fn: Callable[[], Any], warmup: int, min_seconds: float, sync: Callable[[], None] = lambda: None,
                max_runs: int = 100_000) -> list[float]:
-    """Call fn repeatedly; per-call wall times in seconds after `warmup` untimed calls."""
+    """Call fn repeatedly; per-call wall times in seconds after `warmup` untimed calls.
+
+    Runs for at least `min_seconds` and at least 5 calls; every call is timed on its own
+    so the percentiles show jitter, not just the mean.
+    """
     for _ in range(warmup):
         fn()
     sync()
@@ -101,106 +149,185 @@ def time_calls(fn: Callable[[], Any], warmup: int, min_seconds: float, sync: Cal
     return times
 
 
-def summarize_times(backend: str, device: str, batch_size: int, times: list[float]) -> InferenceResult:
-    """Percentiles and throughput from per-call times."""
+def summarize_times(backend: str, device: str, batch_size: int, times: list[float],
+                    peak_gflops: float | None = None) -> InferenceResult:
+    """Percentiles and throughput (from the median) of per-call times."""
     arr = np.asarray(times)
     p50, p90, p99 = np.percentile(arr, [50, 90, 99])
-    return InferenceResult(backend, device, batch_size, p50 * 1e6, p90 * 1e6, p99 * 1e6, batch_size / float(p50), len(times))
+    ips = batch_size / float(p50)
+    gflops = ips * 2 * MACS_PER_IMAGE / 1e9
+    frac = gflops / peak_gflops if peak_gflops else None
+    return InferenceResult(backend, device, batch_size, p50 * 1e6, p90 * 1e6, p99 * 1e6, ips, len(times), gflops, frac)
 
 
-def run_bench(weights: Path, cfg: BenchConfig, progress: Callable[[str], None] = lambda _: None) -> dict[str, Any]:
-    """Run every available measurement and return a JSON-ready report."""
+def matmul_peak_gflops(device: "Any", seconds: float = 0.3) -> float:
+    """float32 matrix-multiply rate of the device: the practical ceiling for dense arithmetic."""
+    import torch
+
+    n = 2048 if device.type == "cuda" else 1024
+    a = torch.randn(n, n, device=device)
+    b = torch.randn(n, n, device=device)
+    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
+    times = time_calls(lambda: torch.mm(a, b), warmup=3, min_seconds=seconds, sync=sync, max_runs=200)
+    return 2 * n**3 / float(np.median(times)) / 1e9
+
+
+def plan(cfg: BenchConfig, cuda: bool) -> Plan:
+    """The measurements `run_bench` will make, in order."""
+    p = Plan()
+    p.steps.append("matmul peak")
+    for backend in cfg.backends:
+        for variant in _variants(backend, cuda):
+            p.steps += [f"{variant} batch {bs}" for bs in cfg.batch_sizes]
+    p.steps.append("lenet training step")
+    if cfg.tutorial:
+        p.steps.append("tutorial training pipeline")
+    return p
+
+
+def _variants(backend: str, cuda: bool) -> list[str]:
+    if backend == "onnxruntime":
+        return ["onnxruntime-cpu", "onnxruntime-cuda"] if cuda else ["onnxruntime-cpu"]
+    return [backend]
+
+
+def run_bench(weights: Path, cfg: BenchConfig, progress: Callable[[str, int, int], None] = lambda *_: None
+              ) -> dict[str, Any]:
+    """Run every measurement and return a JSON-ready report. `progress(label, done, total)` after each."""
     import torch
 
     from lenet_cli.devices import resolve_device
     from lenet_cli.weights import load_model
 
     device = resolve_device(cfg.device)
-    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
+    cuda = device.type == "cuda"
+    sync = torch.cuda.synchronize if cuda else (lambda: None)
+    steps = plan(cfg, cuda)
+    total = len(steps.steps)
+
+    def tick(label: str) -> None:
+        steps.done += 1
+        progress(label, steps.done, total)
+
+    progress(steps.steps[0], 0, total)
+    peak = {"cpu": matmul_peak_gflops(torch.device("cpu"))}
+    if cuda:
+        peak["cuda"] = matmul_peak_gflops(device)
+    tick("matmul peak")
+
     model, info = load_model(weights, device)
     rng = np.random.default_rng(0)
     results: list[InferenceResult] = []
     skipped: dict[str, str] = {}
-
     for backend in cfg.backends:
-        runner_for: Callable[[int], Callable[[], Any]] | None = None
-
-        def torch_runner(net):
-            def make(bs):
-                x = torch.from_numpy(rng.integers(0, 256, (bs, 1, 28, 28)).astype(np.float32)).to(device)
-
-                def call():
-                    with torch.inference_mode():
-                        net(x)
-
-                return call
-
-            return make
-
-        if backend == "torch":
-            runner_for = torch_runner(model)
-        elif backend == "torch-compile":
+        for variant in _variants(backend, cuda):
             try:
-                runner_for = torch_runner(torch.compile(model, dynamic=False))
-            except Exception as exc:  # pragma: no cover - depends on platform
-                skipped[backend] = f"torch.compile unavailable: {exc}"
+                runner_for, dev_name = _runner(variant, model, weights, device, rng)
+            except Exception as exc:  # a backend missing on this machine is reported, not fatal
+                skipped[variant] = first_line(exc, 200)
+                for bs in cfg.batch_sizes:
+                    tick(f"{variant} batch {bs}")
                 continue
-        elif backend == "onnxruntime":
-            from lenet_cli.onnx_io import export_onnx, make_session
+            for bs in cfg.batch_sizes:
+                try:
+                    times = time_calls(runner_for(bs), cfg.warmup, cfg.min_seconds,
+                                       sync if dev_name.startswith("cuda") else (lambda: None))
+                    results.append(summarize_times(variant, dev_name, bs, times,
+                                                   peak["cuda" if dev_name.startswith("cuda") else "cpu"]))
+                except Exception as exc:
+                    skipped[f"{variant}@{bs}"] = first_line(exc, 200)
+                tick(f"{variant} batch {bs}")
 
-            try:
-                images = rng.integers(0, 256, (256, 28, 28)).astype(np.uint8)
-                # The session holds the model in memory, so the exported file can go at once.
-                with tempfile.TemporaryDirectory(prefix="lenet-bench-") as folder:
-                    tmp = Path(folder) / "model.onnx"
-                    export_onnx(weights, tmp, images=images)
-                    session = make_session(tmp, str(device) if device.type == "cuda" else "cpu")
-            except Exception as exc:
-                skipped[backend] = first_line(exc)
-                continue
-            name = session.get_inputs()[0].name
-            def runner_for(bs, session=session, name=name):
-                x = rng.integers(0, 256, (bs, 1, 28, 28)).astype(np.float32)
-                return lambda: session.run(None, {name: x})
-        else:
-            skipped[backend] = "unknown backend"
-            continue
-        dev_name = str(device) if backend != "onnxruntime" else ("cuda" if device.type == "cuda" else "cpu")
-        for bs in cfg.batch_sizes:
-            progress(f"inference: {backend} batch {bs}")
-            try:
-                times = time_calls(runner_for(bs), cfg.warmup, cfg.min_seconds, sync)
-            except Exception as exc:
-                skipped[f"{backend}@{bs}"] = first_line(exc, 200)
-                continue
-            results.append(summarize_times(backend, dev_name, bs, times))
-
-    progress("training step")
-    training = bench_training(info.config.preset, device, cfg)
+    device_peak = peak["cuda" if cuda else "cpu"]
+    training = [bench_training(info.config.preset, device, cfg, device_peak)]
+    tick("lenet training step")
+    if cfg.tutorial:
+        try:
+            training.append(bench_tutorial(device, cfg, device_peak))
+        except Exception as exc:  # torchvision missing or broken: the rest of the report still stands
+            skipped["tutorial"] = first_line(exc, 200)
+        tick("tutorial training pipeline")
+    speedup = None
+    if len(training) == 2 and training[1].images_per_s > 0:
+        speedup = training[0].images_per_s / training[1].images_per_s
     return {
-        "environment": environment(str(device)),
+        "environment": environment(device),
         "weights": str(weights),
         "config": {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(cfg).items()},
-        "inference": [asdict(r) for r in results],
-        "training": asdict(training),
-        "skipped": skipped,
+        "peak_gflops": peak,
         "macs_per_image": MACS_PER_IMAGE,
+        "inference": [asdict(r) for r in results],
+        "training": [asdict(t) for t in training],
+        "training_speedup_vs_tutorial": speedup,
+        "skipped": skipped,
     }
 
 
-def bench_training(preset: str, device, cfg: BenchConfig) -> TrainingResult:
-    """Images/s of the real training step on random MNIST-shaped data."""
+def _runner(variant: str, model, weights: Path, device, rng) -> tuple[Callable[[int], Callable[[], Any]], str]:
+    """A factory of timed calls for one backend: batch size -> zero-argument call."""
+    import torch
+
+    if variant in ("torch", "torch-compile"):
+        net = model
+        if variant == "torch-compile":
+            import logging
+
+            # Inductor logs a warning about CUDA_HOME on machines without CUDA; not the user's concern.
+            logging.getLogger("torch.utils.cpp_extension").setLevel(logging.ERROR)
+            net = torch.compile(model, dynamic=False)
+
+        def make(bs: int):
+            x = torch.from_numpy(rng.integers(0, 256, (bs, 1, 28, 28)).astype(np.float32)).to(device)
+
+            def call():
+                with torch.inference_mode():
+                    net(x)
+
+            return call
+
+        return make, str(device)
+    if variant.startswith("onnxruntime"):
+        from lenet_cli.onnx_io import export_onnx, make_session
+
+        on_cuda = variant == "onnxruntime-cuda"
+        images = rng.integers(0, 256, (256, 28, 28)).astype(np.uint8)
+        # The session holds the model in memory, so the exported file can go at once.
+        with tempfile.TemporaryDirectory(prefix="lenet-bench-") as folder:
+            tmp = Path(folder) / "model.onnx"
+            export_onnx(weights, tmp, images=images)
+            session = make_session(tmp, str(device) if on_cuda else "cpu")
+        name = session.get_inputs()[0].name
+
+        def make_ort(bs: int):
+            x = rng.integers(0, 256, (bs, 1, 28, 28)).astype(np.float32)
+            return lambda: session.run(None, {name: x})
+
+        return make_ort, "cuda" if on_cuda else "cpu"
+    raise ValueError(f"unknown backend {variant!r}")
+
+
+def _train_result(pipeline: str, device, bs: int, images: int, seconds: float, steps: int,
+                  peak: float | None) -> TrainingResult:
+    ips = images / seconds
+    gflops = ips * TRAIN_FLOPS_PER_IMAGE / 1e9
+    return TrainingResult(pipeline, str(device), bs, ips, TRAIN_EPOCH_IMAGES / ips, steps, gflops,
+                          gflops / peak if peak else None)
+
+
+def bench_training(preset: str, device, cfg: BenchConfig, peak: float | None = None) -> TrainingResult:
+    """Images/s of lenet's real training step (augmentation, forward, backward, AdamW, schedule)."""
     import torch
     import torch.nn.functional as F
 
     from lenet_cli.model import build_model
-    from lenet_cli.train import TrainConfig, _optimizer, augment_batch
+    from lenet_cli.train import TrainConfig, _optimizer, _scheduler, augment_batch
 
-    tcfg = TrainConfig(preset=preset, batch_size=cfg.train_batch_size)
+    bs = cfg.train_batch_size
+    tcfg = TrainConfig(preset=preset, batch_size=bs)
     model = build_model(preset).to(device).train()
     opt = _optimizer(model, tcfg)
+    sched = _scheduler(opt, tcfg, 1000)
     gen = torch.Generator().manual_seed(0)
-    bs = cfg.train_batch_size
     x_all = torch.randint(0, 256, (bs * 8, 28, 28), dtype=torch.uint8, generator=gen).to(device)
     y_all = torch.randint(0, 10, (bs * 8,), generator=gen).to(device)
     sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
@@ -214,6 +341,7 @@ def bench_training(preset: str, device, cfg: BenchConfig) -> TrainingResult:
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
+        sched.step()
 
     for _ in range(5):
         step()
@@ -222,6 +350,59 @@ def bench_training(preset: str, device, cfg: BenchConfig) -> TrainingResult:
     for _ in range(cfg.train_steps):
         step()
     sync()
-    dt = time.perf_counter() - t0
-    ips = cfg.train_steps * bs / dt
-    return TrainingResult(str(device), bs, ips, 55_000 / ips, cfg.train_steps)
+    return _train_result("lenet", device, bs, cfg.train_steps * bs, time.perf_counter() - t0, cfg.train_steps, peak)
+
+
+def bench_tutorial(device, cfg: BenchConfig, peak: float | None = None) -> TrainingResult:
+    """Images/s of the pipeline LeNet tutorials use, on random MNIST-shaped images.
+
+    A dataset that, like torchvision's `datasets.MNIST`, turns each uint8 image into a
+    PIL image and runs `ToTensor()` and `Normalize()` on it; a shuffling DataLoader at
+    batch 64 in the main process; a plain LeNet-5 with Adam; each batch moved to the device.
+    """
+    import torch
+    from PIL import Image
+    from torch import nn
+    from torch.utils.data import DataLoader, Dataset
+    from torchvision import transforms
+
+    tf = transforms.Compose([transforms.ToTensor(), transforms.Normalize((0.1307,), (0.3081,))])
+    gen = torch.Generator().manual_seed(0)
+    n = TUTORIAL_BATCH * (cfg.tutorial_steps + 5)
+    images = torch.randint(0, 256, (n, 28, 28), dtype=torch.uint8, generator=gen).numpy()
+    labels = torch.randint(0, 10, (n,), generator=gen)
+
+    class TutorialMnist(Dataset):
+        def __len__(self) -> int:
+            return n
+
+        def __getitem__(self, i: int):
+            return tf(Image.fromarray(images[i], mode="L")), int(labels[i])
+
+    model = nn.Sequential(
+        nn.Conv2d(1, 6, 5, padding=2), nn.ReLU(), nn.MaxPool2d(2),
+        nn.Conv2d(6, 16, 5), nn.ReLU(), nn.MaxPool2d(2),
+        nn.Flatten(), nn.Linear(400, 120), nn.ReLU(), nn.Linear(120, 84), nn.ReLU(), nn.Linear(84, 10),
+    ).to(device)
+    opt = torch.optim.Adam(model.parameters(), lr=1e-3)
+    loss_fn = nn.CrossEntropyLoss()
+    loader = DataLoader(TutorialMnist(), batch_size=TUTORIAL_BATCH, shuffle=True, generator=gen)
+    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
+    batches = iter(loader)
+
+    def step() -> None:
+        x, y = next(batches)
+        x, y = x.to(device), y.to(device)
+        opt.zero_grad()
+        loss_fn(model(x), y).backward()
+        opt.step()
+
+    for _ in range(5):
+        step()
+    sync()
+    t0 = time.perf_counter()
+    for _ in range(cfg.tutorial_steps):
+        step()
+    sync()
+    return _train_result("tutorial", device, TUTORIAL_BATCH, cfg.tutorial_steps * TUTORIAL_BATCH,
+                         time.perf_counter() - t0, cfg.tutorial_steps, peak)

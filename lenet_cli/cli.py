@@ -32,20 +32,21 @@ app = typer.Typer(
 _state = {"debug": bool(os.environ.get("LENET_DEBUG"))}
 F = TypeVar("F", bound=Callable[..., object])
 
-# Shared options, declared once.
+# Shared options, declared once. Input paths are checked by the core, not by Click (readable=False):
+# an unreadable file is a failure to fix (exit 1, with what to do), like a missing one, not a usage error.
 DeviceOpt = Annotated[
     str, typer.Option("--device", "-d", help="auto | cpu | cuda | cuda:N | mps. 'auto' picks CUDA, then MPS, then CPU.")
 ]
 DataDirOpt = Annotated[
     Optional[Path],
     typer.Option("--data-dir", help="Folder with the MNIST files. [default: $LENET_DATA_DIR or ~/.cache/lenet]",
-                 show_default=False),
+                 show_default=False, readable=False),
 ]
 NoDownloadOpt = Annotated[bool, typer.Option("--no-download", help="Never download MNIST; fail if it is missing.")]
 WeightsOpt = Annotated[
     Optional[Path],
     typer.Option("--weights", "-w", help="A .safetensors file from `lenet train` (or .onnx where supported). "
-                 "[default: the bundled model]", show_default=False),
+                 "[default: the bundled model]", show_default=False, readable=False),
 ]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print machine-readable JSON on stdout instead of tables.")]
 
@@ -87,6 +88,11 @@ def handle_errors(fn: F) -> F:
         except KeyboardInterrupt:
             console.error("Interrupted.")
             raise typer.Exit(EXIT_INTERRUPTED) from None
+        except BrokenPipeError:
+            # The reader went away (`lenet eval --json | head -c 10`): stop quietly with exit code 1,
+            # like Rich and Click do, and as Python's documentation recommends (see _quiet_broken_pipe).
+            _quiet_broken_pipe()
+            raise typer.Exit(EXIT_FAILURE) from None
         except Exception as exc:  # a bug: say so plainly, never dump a traceback on a user by default
             if _state["debug"]:
                 console.err.print_exception()
@@ -97,6 +103,22 @@ def handle_errors(fn: F) -> F:
             raise typer.Exit(EXIT_FAILURE) from None
 
     return wrapper  # type: ignore[return-value]
+
+
+def _quiet_broken_pipe() -> None:
+    """Point stdout at devnull so the interpreter's final flush cannot fail a second time.
+
+    Python's recipe (docs: signal, "Note on SIGPIPE"). Nothing is printed: the user
+    closed the pipe on purpose, and stderr may be the same closed pipe.
+    """
+    import sys
+
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+    except (OSError, ValueError, AttributeError):  # no real stdout (tests, embedding): nothing to protect
+        pass
 
 
 def _run_dir(output_dir: Optional[Path], prefix: str) -> Path:
@@ -111,6 +133,27 @@ def _run_dir(output_dir: Optional[Path], prefix: str) -> Path:
     return path
 
 
+def _resume_config(path: Path, given):
+    """The checkpoint's config; settings typed on the command line must agree with it."""
+    import dataclasses
+
+    from lenet_cli.checkpoint import load_checkpoint
+    from lenet_cli.errors import UsageError
+    from lenet_cli.train import TrainConfig
+
+    state = load_checkpoint(path)
+    saved, default = state.config, TrainConfig()
+    clash = [f.name for f in dataclasses.fields(TrainConfig) if f.name != "device"
+             and getattr(given, f.name) != getattr(default, f.name) and getattr(given, f.name) != getattr(saved, f.name)]
+    if clash:
+        flags = ", ".join("--" + name.replace("_", "-") for name in clash)
+        verb = "differs" if len(clash) == 1 else "differ"
+        raise UsageError(f"--resume continues the run with the settings it was started with; {flags} {verb}.",
+                         f"Drop {flags}, or start a new run without --resume.")
+    device = given.device if given.device != "auto" else saved.device
+    return dataclasses.replace(saved, device=device), state
+
+
 def _check_device(spec: str) -> None:
     from lenet_cli.devices import parse_device_spec
 
@@ -122,7 +165,8 @@ def _check_device(spec: str) -> None:
     "  lenet train                                  [dim]# 15 epochs, modern preset, auto device[/]\n\n"
     "  lenet train --epochs 15 --device cuda --seed 1\n\n"
     "  lenet train --arch classic --output-dir runs/classic\n\n"
-    "  lenet train --epochs 1 --dry-run             [dim]# one batch per epoch: check the set-up[/]"
+    "  lenet train --epochs 1 --dry-run             [dim]# one batch per epoch: check the set-up[/]\n\n"
+    "  lenet train --resume runs/train-*/checkpoint.safetensors   [dim]# continue after Ctrl-C[/]"
 )
 @handle_errors
 def train(
@@ -144,6 +188,10 @@ def train(
     label_smoothing: Annotated[float, typer.Option(help="Cross-entropy label smoothing.", min=0.0, max=0.99)] = 0.0,
     dry_run: Annotated[bool, typer.Option("--dry-run", help="One batch per epoch, to check that everything runs.")] = False,
     no_download: NoDownloadOpt = False,
+    resume: Annotated[
+        Optional[Path], typer.Option("--resume", help="Continue a stopped run from its checkpoint.safetensors, "
+                                     "with the settings it was started with.", show_default=False)
+    ] = None,
     json_out: JsonOpt = False,
 ) -> None:
     """Train LeNet-5 on MNIST and save the weights as safetensors.
@@ -167,10 +215,14 @@ def train(
         from lenet_cli.errors import UsageError
 
         raise UsageError(f"Unknown --arch {arch!r}.", f"Choose one of: {', '.join(PRESETS)}.")
+    state = None
+    if resume is not None:
+        cfg, state = _resume_config(resume, cfg)
+        output_dir = output_dir or resume.expanduser().parent
     out_dir = _run_dir(output_dir, "train")
     from lenet_cli.workflows import run_training
 
-    summary = run_training(cfg, data_dir, out_dir, allow_download=not no_download, json_mode=json_out)
+    summary = run_training(cfg, data_dir, out_dir, allow_download=not no_download, json_mode=json_out, resume=state)
     if json_out:
         console.print_json(summary)
     if summary.get("interrupted"):
@@ -247,7 +299,7 @@ def predict(
     its row; the others are still classified; the exit code is 1 if any failed.
     """
     from lenet_cli import console
-    from lenet_cli.workflows import render_predictions, run_predict
+    from lenet_cli.workflows import render_predictions, report_failures, run_predict
 
     _check_device(device)
     rows = run_predict(images, weights, device, top_k, invert, save_preview)
@@ -255,7 +307,7 @@ def predict(
         console.print_json(rows)
     else:
         render_predictions(rows, top_k)
-    if any(r.get("error") for r in rows["results"]):
+    if report_failures(rows, "the JSON" if json_out else "the table"):
         raise typer.Exit(EXIT_FAILURE)
 
 
@@ -318,22 +370,55 @@ def bench(
     seconds: Annotated[float, typer.Option(help="Timing budget per backend and batch size.", min=0.0)] = 1.0,
     quick: Annotated[bool, typer.Option("--quick", help="A fast look: small budget, no torch.compile.")] = False,
     output: Annotated[Optional[Path], typer.Option("--output", help="Also write the JSON report to this file.")] = None,
+    train_batch_size: Annotated[Optional[int], typer.Option(
+        help="Batch size of the timed training step. [default: lenet train's]", min=1, show_default=False)] = None,
+    tutorial: Annotated[bool, typer.Option("--tutorial/--no-tutorial",
+                                           help="Also time a typical tutorial's DataLoader training pipeline.")] = True,
     json_out: JsonOpt = False,
 ) -> None:
-    """Measure inference latency and throughput per backend, and training speed, on this machine."""
+    """Measure inference latency and throughput per backend, and training speed, on this machine.
+
+    Every figure is measured in this run, after a warm-up: p50/p90/p99 latency per batch,
+    images/s, GFLOP/s and the fraction of the machine's measured float32 matmul rate.
+    """
     from lenet_cli import console
     from lenet_cli.workflows import parse_int_list, render_bench, run_bench_cmd
 
     _check_device(device)
     sizes = parse_int_list(batch_sizes, "--batch-sizes")
     names = tuple(b.strip() for b in backends.split(",") if b.strip())
-    report = run_bench_cmd(weights, device, sizes, names, seconds, quick, output)
+    report = run_bench_cmd(weights, device, sizes, names, seconds, quick, output, train_batch_size, tutorial)
     if json_out:
         console.print_json(report)
     else:
         render_bench(report)
 
 
+# Typer raises Click's exceptions from its own private copy of Click; reach their common base
+# through Typer's public BadParameter instead of importing Click.
+_ClickException = next(c for c in typer.BadParameter.__mro__ if c.__name__ == "ClickException")
+
+
 def main() -> None:
-    """Console-script entry point."""
-    app()
+    """Console-script entry point: a usage error is one line on stderr and exit code 2, like every error."""
+    import sys
+
+    try:
+        code = app(standalone_mode=False)
+    except _ClickException as exc:  # an unknown option, a value out of range, a missing argument
+        from lenet_cli import console
+
+        ctx = getattr(exc, "ctx", None)
+        if type(exc).__name__ == "NoArgsIsHelpError" and ctx is not None:
+            console.out.print(ctx.get_help())  # plain `lenet`: the help, and Click's exit code for it
+            sys.exit(exc.exit_code)
+        where = ctx.command_path if ctx is not None else "lenet"
+        message = exc.format_message().rstrip(".")
+        console.error(f"{message}. See `{where} --help`.")
+        sys.exit(exc.exit_code)
+    except typer.Abort:
+        from lenet_cli import console
+
+        console.error("Aborted.")
+        sys.exit(EXIT_FAILURE)
+    sys.exit(code if isinstance(code, int) else 0)

@@ -11,6 +11,7 @@ import gzip
 import hashlib
 import os
 import struct
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -34,6 +35,8 @@ IDX_IMAGES_MAGIC = 0x00000803  # unsigned byte, 3 dimensions
 IDX_LABELS_MAGIC = 0x00000801  # unsigned byte, 1 dimension
 IDX_IMAGES_HEADER = 16  # magic, count, rows, cols: four big-endian int32
 IDX_LABELS_HEADER = 8  # magic, count
+IMAGE_SIZE = 28  # MNIST digits are 28x28
+_REFETCH = "Delete it and copy or download MNIST again."
 
 
 def default_data_dir() -> Path:
@@ -98,6 +101,9 @@ def download(data_dir: Path) -> None:
 
 def ensure_mnist(data_dir: Path, allow_download: bool = True) -> Path:
     """Make sure the four files are present, downloading them if allowed. Returns data_dir."""
+    if data_dir.exists() and not data_dir.is_dir():
+        raise DataError(f"{data_dir} is a file, not a folder.",
+                        f"Point --data-dir / {DATA_DIR_ENV} at the folder that holds the MNIST files.")
     missing = missing_files(data_dir)
     if not missing:
         return data_dir
@@ -122,7 +128,8 @@ def _read_bytes(path: Path, expected_md5: str | None) -> bytes:
     try:
         raw = path.read_bytes()
     except OSError as exc:
-        raise DataError(f"Cannot read {path}: {exc.strerror or exc}.") from exc
+        raise DataError(f"Cannot read {path}: {exc.strerror or exc}.",
+                        "Check the file's permissions, or point --data-dir at a copy you may read.") from exc
     if path.suffix == ".gz":
         if expected_md5 is not None:
             actual = hashlib.md5(raw, usedforsecurity=False).hexdigest()
@@ -133,8 +140,8 @@ def _read_bytes(path: Path, expected_md5: str | None) -> bytes:
                 )
         try:
             return gzip.decompress(raw)
-        except (OSError, EOFError) as exc:
-            raise DataError(f"{path} is not a valid gzip file: {exc}.", "Delete it and copy it again.") from exc
+        except (OSError, EOFError, zlib.error) as exc:
+            raise DataError(f"{path} is not a valid gzip file: {exc}.", _REFETCH) from exc
     return raw
 
 
@@ -144,18 +151,23 @@ def parse_idx(data: bytes, kind: str, source: str = "<bytes>") -> "torch.Tensor"
 
     header = IDX_IMAGES_HEADER if kind == "images" else IDX_LABELS_HEADER
     if len(data) < header:
-        raise DataError(f"{source} is too short to be an IDX {kind} file.")
+        raise DataError(f"{source} is too short to be an IDX {kind} file.", _REFETCH)
     magic, count = struct.unpack(">II", data[:8])
     expected_magic = IDX_IMAGES_MAGIC if kind == "images" else IDX_LABELS_MAGIC
     if magic != expected_magic:
-        raise DataError(f"{source} is not an IDX {kind} file (magic {magic:#010x}, expected {expected_magic:#010x}).")
+        raise DataError(f"{source} is not an IDX {kind} file (magic {magic:#010x}, expected {expected_magic:#010x}).",
+                        _REFETCH)
     shape: tuple[int, ...] = (count,)
     if kind == "images":
         rows, cols = struct.unpack(">II", data[8:16])
+        if (rows, cols) != (IMAGE_SIZE, IMAGE_SIZE):
+            raise DataError(f"{source} holds {rows}x{cols} images; MNIST images are {IMAGE_SIZE}x{IMAGE_SIZE}.",
+                            _REFETCH)
         shape = (count, rows, cols)
     expected_len = header + int(torch.Size(shape).numel())
     if len(data) != expected_len:
-        raise DataError(f"{source} has {len(data)} bytes, expected {expected_len} for shape {shape}: truncated?")
+        raise DataError(f"{source} has {len(data)} bytes, expected {expected_len} for shape {shape}: truncated?",
+                        _REFETCH)
     # bytearray makes the buffer writable, so torch does not warn and the tensor owns its memory.
     return torch.frombuffer(bytearray(data[header:]), dtype=torch.uint8).reshape(shape)
 
@@ -184,9 +196,11 @@ def load_split(data_dir: Path, split: str, allow_download: bool = True, verify: 
         tensors.append(parse_idx(_read_bytes(path, MNIST_FILES[key][1] if verify else None), kind, str(path)))
     images, labels = tensors
     if images.shape[0] != labels.shape[0]:
-        raise DataError(f"MNIST {split}: {images.shape[0]} images but {labels.shape[0]} labels.")
+        raise DataError(f"MNIST {split}: {images.shape[0]} images but {labels.shape[0]} labels.",
+                        f"The files in {data_dir} do not belong together; copy or download all four again.")
     if images.shape[0] and int(labels.max()) >= 10:
-        raise DataError(f"MNIST {split}: labels must be digits 0-9, found {int(labels.max())}.")
+        raise DataError(f"MNIST {split}: labels must be digits 0-9, found {int(labels.max())}.",
+                        f"The labels file in {data_dir} is not MNIST's; copy or download it again.")
     return MnistSplit(images, labels)
 
 

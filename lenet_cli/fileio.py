@@ -12,15 +12,17 @@ from pathlib import Path
 from lenet_cli.errors import OutputError
 
 
-def ensure_dir(path: Path) -> Path:
-    """Create `path` (and parents) or raise OutputError with a message that names it."""
+def ensure_dir(path: Path, option: str | None = "--output-dir") -> Path:
+    """Create `path` (and parents) or raise OutputError saying why; `option` names the flag to change."""
+    path = Path(path)
+    hint = f"Choose a writable location with {option}." if option else "Choose a writable location."
     try:
         path.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
-        raise OutputError(
-            f"Cannot create directory {path}: {exc.strerror or exc}.",
-            "Choose a writable location with --output-dir.",
-        ) from exc
+        blocker = next((p for p in (path, *path.parents) if p.exists() and not p.is_dir()), None)
+        if blocker is not None:
+            raise OutputError(f"Cannot create directory {path}: {blocker} is a file, not a directory.", hint) from exc
+        raise _output_error(path, exc, hint, what="create directory") from exc
     return path
 
 
@@ -33,7 +35,7 @@ def atomic_path(target: Path) -> Iterator[Path]:
     and a previous `target` is left untouched.
     """
     target = Path(target)
-    ensure_dir(target.parent)
+    ensure_dir(target.parent, option=None)
     try:
         fd, tmp_name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
     except OSError as exc:
@@ -77,9 +79,14 @@ def atomic_write_with(target: Path, writer: Callable[[Path], None]) -> Path:
     return Path(target)
 
 
-def _output_error(target: Path, exc: OSError) -> OutputError:
+def _output_error(target: Path, exc: OSError, hint: str = "Choose a writable location.",
+                  what: str = "write") -> OutputError:
     if exc.errno == errno.ENOSPC:
         return OutputError(f"Disk full while writing {target}.", "Free some space and run the command again.")
-    if exc.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
-        return OutputError(f"Cannot write {target}: permission denied.", "Choose a writable location.")
-    return OutputError(f"Cannot write {target}: {exc.strerror or exc}.")
+    if exc.errno in (errno.EACCES, errno.EPERM):
+        return OutputError(f"Cannot {what} {target}: permission denied.", hint)
+    if exc.errno == errno.EROFS:
+        return OutputError(f"Cannot {what} {target}: the file system is read-only.", hint)
+    if exc.errno == errno.EISDIR:
+        return OutputError(f"Cannot write {target}: it is a directory.", "Give a file name, not a folder.")
+    return OutputError(f"Cannot {what} {target}: {exc.strerror or exc}.", hint)

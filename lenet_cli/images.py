@@ -67,6 +67,9 @@ def load_gray(path: Path) -> tuple[np.ndarray, np.ndarray | None]:
     except OSError as exc:
         raise ImageError(f"{path}: cannot read the file ({exc.strerror or exc}).", kind="unreadable") from exc
     with fh, warnings.catch_warnings():
+        # Pillow warns about damaged metadata ("Corrupt EXIF data", "Tag data larger than file") on
+        # stderr, over the one line the user gets; whether the pixels decode is what counts.
+        warnings.simplefilter("ignore")
         # Pillow only warns between 1x and 2x its pixel limit; here that is an error too.
         warnings.simplefilter("error", Image.DecompressionBombWarning)
         if stat.S_ISREG(path.stat().st_mode) and path.stat().st_size == 0:  # a pipe reports 0 too

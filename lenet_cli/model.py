@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 from dataclasses import dataclass
 
 import torch
@@ -78,7 +79,32 @@ class ModelConfig:
         unknown = set(data) - names
         if unknown:
             raise ValueError(f"unknown model config keys: {sorted(unknown)}")
-        return cls(**data)
+        cfg = cls(**data)
+        cfg.check()
+        return cfg
+
+    def check(self) -> None:
+        """Raise ValueError unless every field has its type and a usable value.
+
+        A config comes from a file's metadata, so it may have been edited: a string
+        where a width belongs, or a negative width, must not reach the layers.
+        """
+        for f in dataclasses.fields(self):
+            value, default = getattr(self, f.name), f.default
+            if isinstance(default, bool):
+                ok = isinstance(value, bool)
+            elif isinstance(default, int):
+                ok = isinstance(value, int) and not isinstance(value, bool) and value >= 1
+            elif isinstance(default, float):
+                ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+            else:
+                ok = isinstance(value, type(default))
+            if not ok:
+                raise ValueError(f"model config field {f.name!r} has an invalid value {value!r}")
+        if not 0 <= self.dropout < 1:
+            raise ValueError(f"model config field 'dropout' must be in [0, 1), got {self.dropout!r}")
+        if self.std <= 0:
+            raise ValueError(f"model config field 'std' must be positive, got {self.std!r}")
 
 
 PRESETS: dict[str, ModelConfig] = {

@@ -16,6 +16,18 @@ import numpy as np
 from lenet_cli.errors import ImageError, first_line
 
 
+# What to do about a file that failed, by its error_kind (the CLI's summary line ends with it).
+IMAGE_HINTS = {
+    "not_found": "Check the path; a quoted pattern must match existing files.",
+    "unreadable": "Check the file's permissions.",
+    "empty": "Save or download the image again.",
+    "not_image": "Pass PNG, JPEG, BMP, GIF, TIFF or WebP images.",
+    "corrupt": "Save or download the image again.",
+    "too_large": "Scale it down below 50 megapixels.",
+    "no_ink": "Pass an image with a visible digit on a plain background.",
+}
+
+
 @dataclass(frozen=True)
 class PredictConfig:
     """How to classify: top-k shown, polarity override, where previews go, batch size."""
@@ -108,6 +120,6 @@ def save_preview(pixels: np.ndarray, target: Path) -> Path:
 
     from lenet_cli.fileio import atomic_write_with, ensure_dir
 
-    ensure_dir(target.parent)
+    ensure_dir(target.parent, "--save-preview")
     atomic_write_with(target, lambda tmp: Image.fromarray(pixels).save(tmp, format="PNG"))
     return target

@@ -8,9 +8,13 @@ order of examples does not depend on the device.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import math
+import signal
+import threading
 import time
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -20,6 +24,7 @@ from lenet_cli.errors import UsageError
 if TYPE_CHECKING:  # pragma: no cover
     import torch
 
+    from lenet_cli.checkpoint import TrainState
     from lenet_cli.data import MnistSplit
     from lenet_cli.model import LeNet5
 
@@ -54,8 +59,8 @@ class TrainConfig:
             raise UsageError(f"--batch-size must be at least 1, got {self.batch_size}.")
         if not (math.isfinite(self.lr) and self.lr > 0):
             raise UsageError(f"--lr must be a positive number, got {self.lr}.")
-        if self.weight_decay < 0:
-            raise UsageError(f"--weight-decay must be >= 0, got {self.weight_decay}.")
+        if not (math.isfinite(self.weight_decay) and self.weight_decay >= 0):
+            raise UsageError(f"--weight-decay must be a number >= 0, got {self.weight_decay}.")
         if not 0 <= self.label_smoothing < 1:
             raise UsageError(f"--label-smoothing must be in [0, 1), got {self.label_smoothing}.")
         if self.val_size < 0:
@@ -97,6 +102,7 @@ class TrainResult:
     device: str
     train_seconds: float
     interrupted: bool = False
+    stopped_in: tuple[int, int, int] | None = None  # (epoch, steps done, steps) when stopped mid-epoch
     extra: dict[str, Any] = field(default_factory=dict)
 
     @property
@@ -173,26 +179,80 @@ def _scheduler(opt: "torch.optim.Optimizer", cfg: TrainConfig, steps_per_epoch: 
     )
 
 
+class StopSignal:
+    """A request to stop after the current step, set by Ctrl-C (see `catch_sigint`) or by a caller."""
+
+    def __init__(self) -> None:
+        self.requested = False
+        self.on_request: list[Callable[[], None]] = []
+
+    def request(self) -> None:
+        """Ask the loop to stop at the end of the current step."""
+        if not self.requested:
+            self.requested = True
+            for callback in self.on_request:
+                callback()
+
+    @contextlib.contextmanager
+    def catch_sigint(self) -> Iterator["StopSignal"]:
+        """While active, the first Ctrl-C requests a stop; a second one aborts at once.
+
+        Stopping between steps (not wherever the signal lands) is what makes the
+        saved checkpoint consistent: the optimizer and the schedule have both stepped.
+        """
+        if threading.current_thread() is not threading.main_thread():
+            yield self  # signal handlers can only be set from the main thread
+            return
+
+        def handler(signum, frame):  # noqa: ARG001 - signal handler signature
+            if self.requested:
+                raise KeyboardInterrupt
+            self.request()
+
+        previous = signal.signal(signal.SIGINT, handler)
+        try:
+            yield self
+        finally:
+            signal.signal(signal.SIGINT, previous)
+
+
+def _cpu_state(model: "torch.nn.Module") -> dict[str, "torch.Tensor"]:
+    return {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}
+
+
 def train(
     cfg: TrainConfig,
     train_split: "MnistSplit",
     val_split: "MnistSplit",
     device: "torch.device",
     observer: TrainObserver | None = None,
+    *,
+    resume: "TrainState | None" = None,
+    stop: StopSignal | None = None,
+    on_checkpoint: Callable[["TrainState"], None] | None = None,
 ) -> TrainResult:
     """Train a LeNet-5 preset and return its history and best/last states.
 
-    Ctrl-C stops at the end of the current step; the result is returned with
-    `interrupted=True` so the caller can still save what was learned.
+    `on_checkpoint` receives the run's complete state after every epoch and when a
+    stop is requested mid-epoch; `resume` continues from such a state. On the CPU a
+    resumed run ends with exactly the weights of an uninterrupted one: the order of
+    examples, the augmentation and dropout draws, the optimizer moments and the
+    schedule all continue from where they stopped.
+
+    `stop.requested` ends the run at the end of the current step (`interrupted=True`).
+    A bare KeyboardInterrupt (no StopSignal handler installed) stops at once and
+    returns the completed epochs.
     """
     import torch
     import torch.nn.functional as F
 
+    from lenet_cli.checkpoint import TrainState
     from lenet_cli.evaluate import summarize, torch_logits
     from lenet_cli.model import build_model, count_parameters, preset_config
 
     cfg.validate()
     observer = observer or TrainObserver()
+    stop = stop or StopSignal()
     try:
         model_cfg = preset_config(cfg.preset)
     except KeyError as exc:
@@ -220,24 +280,61 @@ def train(
     sched = _scheduler(opt, cfg, steps)
     gen = torch.Generator().manual_seed(cfg.seed)  # CPU generator: device-independent shuffling
 
-    observer.on_start(
-        {"param_count": param_count, "train_size": n, "val_size": int(x_val.shape[0]), "steps_per_epoch": steps}
-    )
     history: list[EpochRecord] = []
-    best_acc, best_epoch = -1.0, 0
-    best_state = last_state = {}
+    best_score, best_epoch = -1.0, 0
+    best_state: dict[str, torch.Tensor] = {}
+    start_epoch, start_step, prior_seconds = 1, 0, 0.0
+    if resume is not None:
+        _check_resumable(resume, cfg, n, steps)
+        model.load_state_dict({k: v.to(device) for k, v in resume.model.items()})
+        opt.load_state_dict(resume.optimizer)
+        sched.load_state_dict(resume.scheduler)
+        gen.set_state(resume.rng_shuffle)
+        torch.set_rng_state(resume.rng_torch)
+        if device.type == "cuda" and resume.rng_cuda is not None:
+            torch.cuda.set_rng_state(resume.rng_cuda, device)
+        history = list(resume.history)
+        best_score, best_epoch, best_state = resume.best_score, resume.best_epoch, dict(resume.best_state)
+        start_epoch, start_step, prior_seconds = resume.epochs_done + 1, resume.step, resume.train_seconds
+
+    def snapshot(epochs_done: int, step: int, perm=None, sums=None) -> TrainState:
+        return TrainState(
+            config=cfg, epochs_done=epochs_done, step=step, model=_cpu_state(model), optimizer=opt.state_dict(),
+            scheduler=sched.state_dict(), rng_shuffle=gen.get_state(), rng_torch=torch.get_rng_state(),
+            rng_cuda=torch.cuda.get_rng_state(device) if device.type == "cuda" else None,
+            history=list(history), best_epoch=best_epoch, best_score=best_score, best_state=best_state,
+            perm=None if perm is None else perm.to("cpu"), sums=sums,
+            train_seconds=prior_seconds + time.perf_counter() - run_start,
+        )
+
+    observer.on_start(
+        {"param_count": param_count, "train_size": n, "val_size": int(x_val.shape[0]), "steps_per_epoch": steps,
+         "resumed_from": (start_epoch, start_step) if resume is not None else None}
+    )
     interrupted = False
+    stopped_in: tuple[int, int, int] | None = None  # (epoch, steps done, steps) of a mid-epoch stop
+    last_state: dict[str, torch.Tensor] = _cpu_state(model) if history else {}
     run_start = time.perf_counter()
-    for epoch in range(1, cfg.epochs + 1):
+    for epoch in range(start_epoch, cfg.epochs + 1):
         model.train()
         observer.on_epoch_start(epoch, steps)
-        perm = torch.randperm(n, generator=gen).to(device)
-        start = time.perf_counter()
-        loss_sum = torch.zeros((), device=device)
+        first = 0
+        loss_sum = torch.zeros((), device=device, dtype=torch.float64)
         correct = torch.zeros((), device=device, dtype=torch.long)
-        seen = 0
+        seen, carried_seconds = 0, 0.0
+        if epoch == start_epoch and start_step > 0 and resume is not None and resume.perm is not None:
+            # Continue the interrupted epoch: same order of examples, same running sums.
+            perm, first = resume.perm.to(device), start_step
+            s = resume.sums.tolist() if resume.sums is not None else [0.0, 0.0, 0.0, 0.0]
+            loss_sum.fill_(s[0])
+            correct.fill_(int(s[1]))
+            seen, carried_seconds = int(s[2]), float(s[3])
+        else:
+            perm = torch.randperm(n, generator=gen).to(device)
+        start = time.perf_counter()
+        stopped_at = None
         try:
-            for step in range(steps):
+            for step in range(first, steps):
                 idx = perm[step * bs : (step + 1) * bs]
                 x = x_train[idx].unsqueeze(1).float()  # (B, 1, 28, 28) raw pixels 0-255
                 y = y_train[idx]
@@ -250,22 +347,32 @@ def train(
                 opt.step()
                 sched.step()
                 # Accumulate on the device; a .item() per step would synchronise the GPU every step.
-                loss_sum += loss.detach() * y.shape[0]
+                loss_sum += loss.detach().double() * y.shape[0]
                 correct += (logits.detach().argmax(1) == y).sum()
                 seen += y.shape[0]
                 if step % 20 == 0 or step == steps - 1:
                     elapsed = time.perf_counter() - start
-                    observer.on_step(epoch, step + 1, steps, loss.item(), seen / max(elapsed, 1e-9))
+                    observer.on_step(epoch, step + 1, steps, loss.item(), (seen - first * bs) / max(elapsed, 1e-9))
+                if stop.requested and step < steps - 1:
+                    stopped_at = step + 1
+                    break
         except KeyboardInterrupt:
+            # No StopSignal handler: the interrupt landed somewhere inside a step, so this
+            # epoch's partial state is not trustworthy; keep the completed epochs only.
             interrupted = True
-        seconds = time.perf_counter() - start
-        if interrupted and seen == 0:
+            break
+        seconds = carried_seconds + time.perf_counter() - start
+        if stopped_at is not None:
+            sums = torch.tensor([loss_sum.item(), float(correct.item()), float(seen), seconds], dtype=torch.float64)
+            if on_checkpoint is not None:
+                on_checkpoint(snapshot(epoch - 1, stopped_at, perm, sums))
+            interrupted, stopped_in = True, (epoch, stopped_at, steps)
             break
         val = summarize(torch_logits(model, x_val), y_val) if x_val.shape[0] else None
         record = EpochRecord(
             epoch=epoch,
             train_loss=(loss_sum / max(seen, 1)).item(),
-            train_acc=(correct.float() / max(seen, 1)).item(),
+            train_acc=(correct.double() / max(seen, 1)).item(),
             val_loss=val.loss if val else float("nan"),
             val_acc=val.accuracy if val else float("nan"),
             lr=opt.param_groups[0]["lr"],
@@ -274,26 +381,47 @@ def train(
         )
         history.append(record)
         observer.on_epoch_end(record)
-        last_state = {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}
+        last_state = _cpu_state(model)
         # Model selection uses the validation split only; without one, the last epoch wins.
         score = record.val_acc if val else float(epoch)
-        if score > best_acc:
-            best_acc, best_epoch, best_state = score, epoch, last_state
-        if interrupted:
+        if score > best_score:
+            best_score, best_epoch, best_state = score, epoch, last_state
+        if on_checkpoint is not None:
+            on_checkpoint(snapshot(epoch, 0))
+        if stop.requested:
+            interrupted = epoch < cfg.epochs
             break
-    if not history:
+    if not history and stopped_in is None:
         raise KeyboardInterrupt
     return TrainResult(
         history=history,
         best_epoch=best_epoch,
         best_state=best_state,
-        last_state=last_state,
+        last_state=last_state or _cpu_state(model),
         model=model,
         param_count=param_count,
         device=str(device),
-        train_seconds=time.perf_counter() - run_start,
+        train_seconds=prior_seconds + time.perf_counter() - run_start,
         interrupted=interrupted,
+        stopped_in=stopped_in,
     )
+
+
+def _check_resumable(state: "TrainState", cfg: TrainConfig, n: int, steps: int) -> None:
+    """A checkpoint continues only the run it came from: same settings, same data size."""
+    saved = state.config.to_dict()
+    now = cfg.to_dict()
+    differ = sorted(k for k in saved if k != "device" and saved[k] != now.get(k))
+    if differ:
+        raise UsageError(f"The checkpoint was made with different settings ({', '.join(differ)}).",
+                         "Resume with the checkpoint's own settings (lenet train --resume PATH).")
+    if state.perm is not None and int(state.perm.numel()) != n:
+        raise UsageError(f"The checkpoint was made on {int(state.perm.numel()):,} training images, this data has {n:,}.",
+                         "Resume with the same MNIST files and --val-size.")
+    if state.epochs_done >= cfg.epochs:
+        raise UsageError(f"That run already finished all {cfg.epochs} epochs; its weights are next to the checkpoint.")
+    if state.step >= steps:
+        raise UsageError(f"The checkpoint's step {state.step} does not fit an epoch of {steps} steps.")
 
 
 def history_rows(history: list[EpochRecord]) -> list[dict[str, Any]]:

@@ -137,7 +137,8 @@ def read_info(path: Path) -> tuple[WeightsInfo, dict[str, "torch.Tensor"]]:
     try:
         raw = path.read_bytes()
     except OSError as exc:
-        raise WeightsError(f"Cannot read weights file {path}: {exc.strerror or exc}.") from exc
+        raise WeightsError(f"Cannot read weights file {path}: {exc.strerror or exc}.",
+                           "Check that the file exists and that you may read it.") from exc
     if path.suffix.lower() == ".onnx":
         raise WeightsError(f"{path} looks like an ONNX file, which this command cannot load as PyTorch weights.")
     try:
@@ -159,36 +160,84 @@ def read_info(path: Path) -> tuple[WeightsInfo, dict[str, "torch.Tensor"]]:
             path=path,
             config=cfg,
             param_count=int(metadata.get("param_count", "0")),
-            classes=tuple(json.loads(metadata.get("classes", "[]"))),
-            normalization=json.loads(metadata.get("normalization", "{}")),
-            training=json.loads(metadata.get("training", "{}")),
-            metrics=json.loads(metadata.get("metrics", "{}")),
-            version=metadata.get("lenet_cli_version", ""),
+            classes=tuple(str(c) for c in _json_field(metadata, "classes", list)),
+            normalization=_json_field(metadata, "normalization", dict),
+            training=_json_field(metadata, "training", dict),
+            metrics=_json_field(metadata, "metrics", dict),
+            version=str(metadata.get("lenet_cli_version", "")),
             sha256=hashlib.sha256(raw).hexdigest(),
         )
     except (KeyError, ValueError, TypeError) as exc:
-        raise WeightsError(f"{path} has unreadable lenet metadata ({first_line(exc, 200)}).") from exc
+        raise WeightsError(f"{path} has unreadable lenet metadata ({first_line(exc, 200)}).",
+                           "The file was edited or damaged; re-create it with `lenet train`.") from exc
     return info, tensors
+
+
+def _json_field(metadata: dict[str, str], key: str, kind: type) -> Any:
+    """One JSON-encoded metadata entry, which must decode to `kind` (absent: an empty one)."""
+    value = json.loads(metadata.get(key) or "null")
+    if value is None:
+        return kind()
+    if not isinstance(value, kind):
+        raise ValueError(f"metadata {key!r} is not a JSON {'object' if kind is dict else 'array'}")
+    return value
 
 
 def load_model(path: Path, device: "torch.device | str" = "cpu") -> tuple["LeNet5", WeightsInfo]:
     """Build the model a weights file describes and load its tensors; eval mode, on `device`."""
+    import torch
+
     from lenet_cli.model import build_model
 
     info, tensors = read_info(path)
+    preset = info.config.preset
     try:
-        model = build_model(info.config)
-    except (ValueError, KeyError) as exc:
-        raise WeightsError(f"{path} describes a model this version cannot build ({first_line(exc, 200)}).") from exc
+        # The config comes from the file: check it against the file's tensors on the meta device
+        # first (no memory), so that an edited config can neither crash nor allocate gigabytes.
+        with torch.device("meta"):
+            reference = build_model(info.config).state_dict()
+    except (ValueError, KeyError, TypeError, RuntimeError) as exc:
+        raise WeightsError(f"{path} describes a model this version cannot build ({first_line(exc, 200)}).",
+                           "Re-create it with `lenet train`.") from exc
+    problem = _mismatch(reference, tensors)
+    if problem:
+        raise WeightsError(
+            f"{path} does not match the '{preset}' LeNet-5 it describes: {problem}.",
+            "The file was edited or written for another model; re-create it with `lenet train`.",
+        )
+    for name, tensor in tensors.items():
+        if tensor.is_floating_point() != reference[name].is_floating_point():
+            want = "floating point" if reference[name].is_floating_point() else "integer"
+            raise WeightsError(f"{path} holds tensor {name} as {str(tensor.dtype).removeprefix('torch.')}, "
+                               f"expected {want}.", "Re-create it with `lenet train`.")
+        if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
+            raise WeightsError(f"{path} holds NaN or infinite values (tensor {name}).",
+                               "The run that wrote it diverged or the file was damaged; train again "
+                               "(with a lower --lr if it diverged).")
+    model = build_model(info.config)
     try:
         model.load_state_dict(tensors, strict=True)
     except RuntimeError as exc:
         raise WeightsError(
-            f"{path} does not match the '{info.config.preset}' LeNet-5 it describes ({first_line(exc, 200)}).",
+            f"{path} does not match the '{preset}' LeNet-5 it describes ({first_line(exc, 200)}).",
             "The file was edited or written by an incompatible tool; re-create it with `lenet train`.",
         ) from exc
     model.eval()
     return model.to(device), info
+
+
+def _mismatch(expected: dict[str, "torch.Tensor"], tensors: dict[str, "torch.Tensor"]) -> str:
+    """'' when the tensors have exactly the expected names and shapes, else what differs first."""
+    missing = sorted(set(expected) - set(tensors))
+    if missing:
+        return f"tensor {missing[0]} is missing" + (f" (and {len(missing) - 1} more)" if len(missing) > 1 else "")
+    extra = sorted(set(tensors) - set(expected))
+    if extra:
+        return f"it has an unexpected tensor {extra[0]}" + (f" (and {len(extra) - 1} more)" if len(extra) > 1 else "")
+    for name, ref in expected.items():
+        if tensors[name].shape != ref.shape:
+            return f"tensor {name} has shape {list(tensors[name].shape)}, expected {list(ref.shape)}"
+    return ""
 
 
 def _read_metadata(raw: bytes) -> dict[str, str]:

@@ -7,6 +7,7 @@ free of Rich and Typer.
 
 from __future__ import annotations
 
+import contextlib
 import sys
 import time
 from pathlib import Path
@@ -44,10 +45,10 @@ class RichTrainObserver(TrainObserver):
     When stderr is not a terminal, prints one plain line per epoch instead.
     """
 
-    def __init__(self, cfg, device_name: str) -> None:
+    def __init__(self, cfg, device_name: str, resume=None) -> None:
         self.cfg = cfg
         self.device_name = device_name
-        self.history: list = []
+        self.history: list = list(resume.history) if resume is not None else []
         self.live_mode = err.is_terminal
         self.progress = Progress(
             TextColumn("[bold]epoch {task.fields[epoch]}/{task.fields[epochs]}"),
@@ -83,6 +84,9 @@ class RichTrainObserver(TrainObserver):
             f"{self.cfg.epochs} epochs of {info['steps_per_epoch']} steps.",
             soft_wrap=True,
         )
+        if info.get("resumed_from"):
+            epoch, step = info["resumed_from"]
+            err.print(f"Resuming at epoch {epoch}, step {step + 1}.")
 
     def on_epoch_start(self, epoch: int, steps: int) -> None:
         if self.task is not None:
@@ -107,13 +111,31 @@ class RichTrainObserver(TrainObserver):
             )
 
 
-def run_training(cfg, data_dir: Path | None, out_dir: Path, allow_download: bool, json_mode: bool) -> dict[str, Any]:
-    """Load data, train with live progress, save everything, evaluate the best weights on the test set."""
+def resume_command(checkpoint: Path, data_dir: Path | None, device: str) -> str:
+    """The exact command that continues a stopped run."""
+    import shlex
+
+    parts = ["lenet", "train", "--resume", str(checkpoint)]
+    if data_dir is not None:
+        parts += ["--data-dir", str(data_dir)]
+    if device != "auto":
+        parts += ["--device", device]
+    return " ".join(shlex.quote(p) for p in parts)
+
+
+def run_training(cfg, data_dir: Path | None, out_dir: Path, allow_download: bool, json_mode: bool,
+                 resume=None) -> dict[str, Any]:
+    """Load data, train with live progress, save everything, evaluate the best weights on the test set.
+
+    A checkpoint is written after every epoch and when Ctrl-C stops the run mid-epoch;
+    `resume` (a TrainState) continues a stopped run.
+    """
+    from lenet_cli.checkpoint import CHECKPOINT_NAME, save_checkpoint
     from lenet_cli.data import load_split, resolve_data_dir, train_val_split
     from lenet_cli.devices import describe_device, resolve_device
     from lenet_cli.evaluate import metrics_from_logits, torch_logits
     from lenet_cli.fileio import ensure_dir
-    from lenet_cli.train import save_run, train
+    from lenet_cli.train import StopSignal, save_run, train
 
     device = resolve_device(cfg.device)
     ensure_dir(out_dir)  # fail on an unwritable output dir before spending minutes training
@@ -122,12 +144,31 @@ def run_training(cfg, data_dir: Path | None, out_dir: Path, allow_download: bool
         full = load_split(root, "train", allow_download=allow_download)
         test = load_split(root, "test", allow_download=allow_download)
     if cfg.val_size >= len(full):
-        raise UsageError(f"--val-size {cfg.val_size} leaves no training images (the training set has {len(full)}).")
+        raise UsageError(f"--val-size {cfg.val_size} leaves no training images (the training set has {len(full)}).",
+                         f"Use a --val-size below {len(full)}; the default is 5000.")
     train_split, val_split = train_val_split(full, cfg.val_size)
 
-    observer = RichTrainObserver(cfg, describe_device(device))
-    with observer:
-        result = train(cfg, train_split, val_split, device, observer)
+    checkpoint = out_dir / CHECKPOINT_NAME
+    again = resume_command(checkpoint, data_dir, cfg.device)
+    stop = StopSignal()
+    stop.on_request.append(lambda: console.warn("Stopping at the end of this step to save a checkpoint "
+                                                "(press Ctrl-C again to quit at once)."))
+    observer = RichTrainObserver(cfg, describe_device(device), resume)
+    try:
+        with observer, stop.catch_sigint():
+            result = train(cfg, train_split, val_split, device, observer, resume=resume, stop=stop,
+                           on_checkpoint=lambda state: save_checkpoint(checkpoint, state))
+    except KeyboardInterrupt:
+        if checkpoint.is_file():  # the last completed epoch's checkpoint is on disk
+            console.warn(f"Aborted. The checkpoint of the last completed epoch is {checkpoint}; continue with:")
+            err.print(f"  {again}", soft_wrap=True, markup=False, highlight=False)
+        raise
+    if not result.history:  # stopped inside the first epoch: only the checkpoint exists
+        epoch, done, steps = result.stopped_in
+        console.warn(f"Stopped in epoch {epoch} after step {done}/{steps}; checkpoint saved to {checkpoint}. Continue with:")
+        err.print(f"  {again}", soft_wrap=True, markup=False, highlight=False)
+        return {"config": cfg.to_dict(), "interrupted": True, "checkpoint": str(checkpoint), "resume_command": again,
+                "history": [], "train_seconds": result.train_seconds}
 
     # The test set is used once, for the report; never for choosing the epoch.
     model = result.model
@@ -135,6 +176,7 @@ def run_training(cfg, data_dir: Path | None, out_dir: Path, allow_download: bool
     test_eval = metrics_from_logits(torch_logits(model, test.images.to(device)), test.labels)
     test_metrics = {"test_accuracy": test_eval.accuracy, "test_loss": test_eval.loss}
     paths = save_run(result, cfg, out_dir, test_metrics)
+    paths["checkpoint"] = checkpoint
 
     best = result.best
     if not json_mode:
@@ -152,7 +194,7 @@ def run_training(cfg, data_dir: Path | None, out_dir: Path, allow_download: bool
         files.add_column(style="bold")
         files.add_column()
         for key, label in (("best", "best weights"), ("last", "last weights"), ("curves", "curves"),
-                           ("history_csv", "history (CSV)"), ("history_json", "history (JSON)")):
+                           ("history_csv", "history (CSV)"), ("history_json", "history (JSON)"), ("checkpoint", "checkpoint")):
             files.add_row(label, str(paths[key]))
         out.print(files)
         best_path = paths["best"]
@@ -161,7 +203,11 @@ def run_training(cfg, data_dir: Path | None, out_dir: Path, allow_download: bool
         out.print(f"  lenet predict digit.png --weights {best_path}", soft_wrap=True)
         out.print(f"  lenet export --onnx --weights {best_path} --output {best_path.with_suffix('.onnx')}", soft_wrap=True)
     if result.interrupted:
-        console.warn(f"Interrupted after epoch {result.history[-1].epoch}; what was learned so far is saved in {out_dir}.")
+        where = (f"in epoch {result.stopped_in[0]} after step {result.stopped_in[1]}/{result.stopped_in[2]}"
+                 if result.stopped_in else f"after epoch {result.history[-1].epoch}")
+        console.warn(f"Stopped {where}. The weights of the completed epochs are in {out_dir}; "
+                     f"the checkpoint is {checkpoint}. Continue with:")
+        err.print(f"  {again}", soft_wrap=True, markup=False, highlight=False)
     return {
         "config": cfg.to_dict(),
         "param_count": result.param_count,
@@ -172,6 +218,7 @@ def run_training(cfg, data_dir: Path | None, out_dir: Path, allow_download: bool
         "test_accuracy": test_eval.accuracy,
         "test_loss": test_eval.loss,
         "interrupted": result.interrupted,
+        "resume_command": again if result.interrupted else None,
         "history": [vars(r) for r in result.history],
         "files": {k: str(v) for k, v in paths.items()},
     }
@@ -183,12 +230,30 @@ def run_training(cfg, data_dir: Path | None, out_dir: Path, allow_download: bool
 def run_eval(weights: Path | None, device: str, data_dir: Path | None, plot_dir: Path | None,
              allow_download: bool) -> dict[str, Any]:
     """Evaluate a safetensors or ONNX model on the MNIST test set; optionally write PNGs."""
-    from lenet_cli.backends import OnnxBackend, TorchBackend, is_onnx_path
-    from lenet_cli.data import load_split, resolve_data_dir
-    from lenet_cli.evaluate import metrics_from_logits
     from lenet_cli.weights import resolve_weights_path
 
     path = resolve_weights_path(weights)
+    if plot_dir is None:
+        return _eval_and_plot(path, device, data_dir, None, allow_download)
+    from lenet_cli.fileio import ensure_dir
+
+    created = not plot_dir.exists()
+    ensure_dir(plot_dir)  # an unwritable --output-dir fails before any work, not after it
+    try:
+        return _eval_and_plot(path, device, data_dir, plot_dir, allow_download)
+    except BaseException:
+        if created:
+            with contextlib.suppress(OSError):
+                plot_dir.rmdir()  # a failed run leaves no empty runs/eval-<time> behind (only if empty)
+        raise
+
+
+def _eval_and_plot(path: Path, device: str, data_dir: Path | None, plot_dir: Path | None,
+                   allow_download: bool) -> dict[str, Any]:
+    from lenet_cli.backends import OnnxBackend, TorchBackend, is_onnx_path
+    from lenet_cli.data import load_split, resolve_data_dir
+    from lenet_cli.evaluate import metrics_from_logits
+
     root = resolve_data_dir(data_dir)
     with err.status(f"Loading MNIST test set from {root} ..."):
         test = load_split(root, "test", allow_download=allow_download)
@@ -266,7 +331,7 @@ def run_predict(items: list[str], weights: Path | None, device: str, top_k: int,
         raise UsageError("No images given.", "Example: lenet predict digit.png")
     model_path = default_model_path(weights, device)
     if save_preview is not None:
-        ensure_dir(save_preview)  # an unwritable preview folder fails before any work
+        ensure_dir(save_preview, "--save-preview")  # an unwritable preview folder fails before any work
     cfg = PredictConfig(top_k=top_k, invert=invert, preview_dir=save_preview)
     backend = load_backend(model_path, device)
     if len(paths) < 50:
@@ -294,10 +359,8 @@ def render_predictions(report: dict[str, Any], top_k: int) -> None:
     table.add_column("confidence", justify="right")
     table.add_column(f"top {top_k}")
     table.add_column("notes", style="dim")
-    failed = 0
     for row in report["results"]:
         if row.get("error"):
-            failed += 1
             table.add_row(escape(row["file"]), "[red]error[/]", "", f"[red]{escape(row['error'])}[/]",
                           row.get("error_kind", ""))
             continue
@@ -305,9 +368,23 @@ def render_predictions(report: dict[str, Any], top_k: int) -> None:
         notes = "MNIST form, unchanged" if row["passthrough"] else ("inverted" if row["inverted"] else "")
         table.add_row(escape(row["file"]), f"[bold]{row['prediction']}[/]", f"{100 * row['confidence']:.1f}%", tops, notes)
     out.print(table)
-    if failed:
-        out.file.flush()  # the table first, then the summary, even when both streams go to one pipe
-        err.print(f"[red]{failed} of {len(report['results'])} file(s) could not be classified.[/]")
+
+
+def report_failures(report: dict[str, Any], where: str = "the table") -> bool:
+    """One line on stderr when files failed: how many, the first one's error and what to do. True if any."""
+    from lenet_cli.predict import IMAGE_HINTS
+
+    rows = report["results"]
+    failed = [row for row in rows if row.get("error")]
+    if not failed:
+        return False
+    first = failed[0]
+    hint = IMAGE_HINTS.get(first.get("error_kind", ""), "")
+    head = f"{len(failed)} of {len(rows)} file(s) could not be classified"
+    head += ": " if len(failed) == 1 else f" (see {where}); the first, "
+    sys.stdout.flush()  # the data first, then the summary, even when both streams go to one pipe
+    console.error(f"{head}{first['file']}: {first['error']} {hint}".rstrip())
+    return True
 
 
 # --------------------------------------------------------------------------- export
@@ -327,6 +404,13 @@ def run_export(weights: Path | None, output: Path | None, opset: int, data_dir: 
     if output.suffix.lower() != ".onnx":
         raise UsageError(f"--output should end in .onnx, got {output}.")
     path = resolve_weights_path(weights)
+    from lenet_cli.fileio import ensure_dir
+
+    ensure_dir(output.parent, "--output")  # an unwritable --output fails before the export, not after it
+    if output.is_dir():
+        from lenet_cli.errors import OutputError
+
+        raise OutputError(f"--output {output} is a directory.", "Give a file name, e.g. --output model.onnx.")
     folder = resolve_data_dir(data_dir)
     test = load_split(folder, "test", allow_download=allow_download)
     images, labels = test.images.numpy(), test.labels.numpy()
@@ -383,15 +467,23 @@ def render_export(report: dict[str, Any]) -> None:
 
 
 def run_bench_cmd(weights: Path | None, device: str, sizes: tuple[int, ...], backends: tuple[str, ...],
-                  seconds: float, quick: bool, output: Path | None) -> dict[str, Any]:
-    """Run the benchmark with a progress display and optionally save the JSON report."""
+                  seconds: float, quick: bool, output: Path | None, train_batch_size: int | None = None,
+                  tutorial: bool = True) -> dict[str, Any]:
+    """Run the benchmark with a progress bar on stderr and optionally save the JSON report."""
     import json
 
     from lenet_cli.bench import BenchConfig, run_bench
-    from lenet_cli.fileio import atomic_write_text
+    from lenet_cli.fileio import atomic_write_text, ensure_dir
+    from lenet_cli.train import TrainConfig
     from lenet_cli.weights import resolve_weights_path
 
+    import math
+
     known = {"torch", "torch-compile", "onnxruntime"}
+    if not backends:
+        raise UsageError("--backends is empty.", f"Choose from: {', '.join(sorted(known))}.")
+    if not (math.isfinite(seconds) and 0 <= seconds <= 600):
+        raise UsageError(f"--seconds must be between 0 and 600, got {seconds}.")
     unknown = set(backends) - known
     if unknown:
         raise UsageError(f"Unknown backend(s): {', '.join(sorted(unknown))}.", f"Choose from: {', '.join(sorted(known))}.")
@@ -399,32 +491,64 @@ def run_bench_cmd(weights: Path | None, device: str, sizes: tuple[int, ...], bac
         backends = tuple(b for b in backends if b != "torch-compile")
         seconds = min(seconds, 0.2)
     cfg = BenchConfig(batch_sizes=sizes, device=device, backends=backends, min_seconds=seconds,
-                      warmup=3 if quick else 10, train_steps=5 if quick else 50, quick=quick)
+                      warmup=3 if quick else 10, train_steps=5 if quick else 40,
+                      train_batch_size=train_batch_size or TrainConfig().batch_size,
+                      tutorial=tutorial, tutorial_steps=5 if quick else 60, quick=quick)
     path = resolve_weights_path(weights)
-    with err.status("Benchmarking ...") as status:
-        report = run_bench(path, cfg, progress=lambda msg: status.update(f"Benchmarking: {msg} ..."))
+    if output is not None:
+        ensure_dir(output.parent)  # an unwritable --output fails before the measurements, not after
+    progress = Progress(TextColumn("[bold]Benchmarking[/] {task.description}"), BarColumn(), MofNCompleteColumn(),
+                        TimeElapsedColumn(), console=err, transient=True)
+    with progress:
+        task = progress.add_task("", total=None)
+
+        def update(label: str, done: int, total: int) -> None:
+            progress.update(task, description=label, completed=done, total=total)
+
+        report = run_bench(path, cfg, progress=update)
     if output is not None:
         atomic_write_text(output, json.dumps(report, indent=2))
         report["output"] = str(output)
     return report
 
 
+def _us(value: float) -> str:
+    return f"{value:,.1f}" if value < 100 else f"{value:,.0f}"
+
+
+def _peak(fraction: float | None) -> str:
+    return "" if fraction is None else f"{fraction:.1%}"
+
+
 def render_bench(report: dict[str, Any]) -> None:
     """Header with the environment, then inference and training tables."""
     env = report["environment"]
-    out.print(console.summary_table("Environment", [(k, str(v)) for k, v in env.items()]))
-    table = Table(title="Inference (latency per batch, microseconds)", title_justify="left")
-    for name in ("backend", "device", "batch", "p50 µs", "p90 µs", "p99 µs", "images/s"):
+    peak = report.get("peak_gflops", {})
+    rows = [(k, str(v)) for k, v in env.items()]
+    rows += [(f"matmul peak ({k})", f"{v:,.0f} GFLOP/s (float32, measured)") for k, v in peak.items()]
+    out.print(console.summary_table("Environment", rows))
+    table = Table(title="Inference: latency per batch (µs), throughput at the median", title_justify="left")
+    table.add_column("backend", justify="left")
+    for name in ("batch", "p50 µs", "p90 µs", "p99 µs", "images/s", "GFLOP/s", "of peak"):
         table.add_column(name, justify="right")
     for r in report["inference"]:
-        table.add_row(r["backend"], r["device"], str(r["batch_size"]), f"{r['p50_us']:,.1f}", f"{r['p90_us']:,.1f}",
-                      f"{r['p99_us']:,.1f}", f"{r['images_per_s']:,.0f}")
+        backend = r["backend"] if r["backend"].startswith("onnxruntime") else f"{r['backend']} ({r['device']})"
+        table.add_row(backend, str(r["batch_size"]), _us(r["p50_us"]), _us(r["p90_us"]), _us(r["p99_us"]),
+                      f"{r['images_per_s']:,.0f}", f"{r['gflops']:,.1f}", _peak(r.get("fraction_of_peak")))
     out.print(table)
-    t = report["training"]
-    out.print(console.summary_table("Training step", [
-        ("device", t["device"]), ("batch size", str(t["batch_size"])),
-        ("images/s", f"{t['images_per_s']:,.0f}"), ("seconds per epoch (55,000 images)", f"{t['seconds_per_epoch']:.2f}"),
-    ]))
+    train = Table(title="Training: full steps, epoch = 55,000 images", title_justify="left")
+    train.add_column("pipeline", justify="left")
+    for name in ("device", "batch", "images/s", "s/epoch", "GFLOP/s", "of peak"):
+        train.add_column(name, justify="right")
+    labels = {"lenet": "lenet train", "tutorial": "tutorial DataLoader"}
+    for t in report["training"]:
+        train.add_row(labels.get(t["pipeline"], t["pipeline"]), t["device"], str(t["batch_size"]),
+                      f"{t['images_per_s']:,.0f}", f"{t['seconds_per_epoch']:.2f}", f"{t['gflops']:,.1f}",
+                      _peak(t.get("fraction_of_peak")))
+    out.print(train)
+    if report.get("training_speedup_vs_tutorial"):
+        out.print(f"lenet's training step is {report['training_speedup_vs_tutorial']:.1f}x the tutorial pipeline's "
+                  "throughput on this machine.")
     for k, v in report.get("skipped", {}).items():
         console.warn(f"skipped {k}: {v}")
     if report.get("output"):

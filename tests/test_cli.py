@@ -234,11 +234,35 @@ def test_bench_quick_json(tmp_path):
     payload = json.loads(result.stdout)
     assert {"environment", "inference", "training"} <= set(payload)
     backends = {(r["backend"], r["batch_size"]) for r in payload["inference"]}
-    assert backends == {("torch", 1), ("torch", 8), ("onnxruntime", 1), ("onnxruntime", 8)}
+    assert backends == {("torch", 1), ("torch", 8), ("onnxruntime-cpu", 1), ("onnxruntime-cpu", 8)}
     for r in payload["inference"]:
         assert r["p50_us"] > 0 and r["images_per_s"] > 0 and r["p50_us"] <= r["p99_us"]
-    assert payload["training"]["images_per_s"] > 0
+    # The documented fields (README, "lenet bench"): present, typed, and consistent with each other.
+    assert {"peak_gflops", "macs_per_image", "training_speedup_vs_tutorial", "skipped", "config"} <= set(payload)
+    assert payload["peak_gflops"]["cpu"] > 0
+    for r in payload["inference"]:
+        assert {"backend", "device", "batch_size", "p50_us", "p90_us", "p99_us", "images_per_s", "runs", "gflops",
+                "fraction_of_peak"} <= set(r)
+        assert r["runs"] >= 5
+        assert r["images_per_s"] == pytest.approx(r["batch_size"] / (r["p50_us"] / 1e6))
+        assert r["gflops"] == pytest.approx(r["images_per_s"] * 2 * payload["macs_per_image"] / 1e9)
+    pipelines = {t["pipeline"]: t for t in payload["training"]}
+    assert set(pipelines) == {"lenet", "tutorial"}
+    assert pipelines["tutorial"]["batch_size"] == 64
+    for t in pipelines.values():
+        assert t["images_per_s"] > 0 and t["seconds_per_epoch"] == pytest.approx(55_000 / t["images_per_s"])
+    assert payload["training_speedup_vs_tutorial"] == pytest.approx(
+        pipelines["lenet"]["images_per_s"] / pipelines["tutorial"]["images_per_s"])
+    assert payload["environment"]["torch"] and payload["environment"]["onnxruntime"]
     assert json.loads(out.read_text())["inference"]
+
+
+def test_bench_table_without_tutorial():
+    result = invoke("bench", "--quick", "--batch-sizes", "2", "--device", "cpu", "--backends", "onnxruntime",
+                    "--no-tutorial", "--train-batch-size", "16")
+    assert result.exit_code == 0, result.output
+    assert "onnxruntime-cpu" in result.stdout and "lenet train" in result.stdout
+    assert "tutorial DataLoader" not in result.stdout and "GFLOP/s" in result.stdout
 
 
 def test_bench_bad_batch_sizes():

@@ -1,0 +1,203 @@
+"""Resumable training checkpoints: one safetensors file, tensors plus a JSON header. No pickle.
+
+Everything a run needs to continue exactly where it stopped lives in ONE file, so a
+single atomic rename publishes it: there is never a checkpoint whose tensors and
+bookkeeping come from different moments.
+
+* tensors: `model.*` (current weights and batch-norm buffers), `best.*` (best epoch so
+  far), `optim.<param index>.<name>` (AdamW moments / SGD momentum and step counts),
+  `rng.shuffle` (the CPU generator behind shuffling and augmentation), `rng.torch` /
+  `rng.cuda` (torch's global generators: dropout), `epoch.perm` (this epoch's order of
+  examples, when the run stopped mid-epoch) and `epoch.sums` (running loss/accuracy sums).
+* metadata `lenet_checkpoint`: JSON with the training config, the model config, the
+  position (epoch, step), the history, the best epoch, the optimizer's param groups and
+  the learning-rate schedule's state.
+
+Opening an untrusted checkpoint can at worst fail with a clear error: safetensors
+holds raw arrays and the rest is parsed as JSON.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from lenet_cli.errors import WeightsError, first_line
+
+if TYPE_CHECKING:  # pragma: no cover
+    import torch
+
+    from lenet_cli.train import EpochRecord, TrainConfig
+
+FORMAT_TAG = "lenet-cli/checkpoint-v1"
+CHECKPOINT_NAME = "checkpoint.safetensors"
+
+
+@dataclass
+class TrainState:
+    """The complete state of a training run between two steps (CPU tensors)."""
+
+    config: "TrainConfig"
+    epochs_done: int  # completed epochs
+    step: int  # steps done in epoch `epochs_done + 1` (0: at an epoch boundary)
+    model: dict[str, "torch.Tensor"]
+    optimizer: dict[str, Any]  # torch optimizer state_dict
+    scheduler: dict[str, Any]  # torch lr_scheduler state_dict
+    rng_shuffle: "torch.Tensor"
+    rng_torch: "torch.Tensor"
+    rng_cuda: "torch.Tensor | None"
+    history: list["EpochRecord"]
+    best_epoch: int
+    best_score: float
+    best_state: dict[str, "torch.Tensor"]
+    perm: "torch.Tensor | None" = None  # this epoch's order, when step > 0
+    sums: "torch.Tensor | None" = None  # (loss sum, correct, seen, seconds so far) of this epoch
+    train_seconds: float = 0.0
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+def _json_safe(value: Any) -> Any:
+    """Drop what JSON cannot hold (older torch keeps bound methods in scheduler state)."""
+    if isinstance(value, dict):
+        return {str(k): _json_safe(v) for k, v in value.items() if not callable(v)}
+    if isinstance(value, (list, tuple)):
+        return [_json_safe(v) for v in value]
+    if isinstance(value, float) and not math.isfinite(value):
+        return repr(value)  # JSON has no inf/nan; float("inf") reads it back
+    return value
+
+
+def save_checkpoint(path: Path, state: TrainState) -> Path:
+    """Write `state` to `path` atomically (temporary file, fsync, rename)."""
+    import dataclasses
+
+    import torch
+    from safetensors.torch import save
+
+    from lenet_cli.fileio import atomic_write_bytes
+    from lenet_cli.model import preset_config
+
+    tensors: dict[str, torch.Tensor] = {}
+    for prefix, sd in (("model.", state.model), ("best.", state.best_state)):
+        for k, v in sd.items():
+            tensors[prefix + k] = v.detach().to("cpu").contiguous()
+    opt_state = state.optimizer["state"]
+    optim_keys: dict[str, dict[str, str]] = {}
+    for idx, entries in opt_state.items():
+        for name, value in entries.items():
+            if isinstance(value, torch.Tensor):
+                tensors[f"optim.{idx}.{name}"] = value.detach().to("cpu").contiguous()
+                optim_keys.setdefault(str(idx), {})[name] = "tensor"
+            else:  # plain numbers (e.g. a float step count in some optimizers)
+                optim_keys.setdefault(str(idx), {})[name] = json.dumps(value)
+    tensors["rng.shuffle"] = state.rng_shuffle
+    tensors["rng.torch"] = state.rng_torch
+    if state.rng_cuda is not None:
+        tensors["rng.cuda"] = state.rng_cuda
+    if state.perm is not None:
+        tensors["epoch.perm"] = state.perm.to("cpu").contiguous()
+    if state.sums is not None:
+        tensors["epoch.sums"] = state.sums.to("cpu", torch.float64).contiguous()
+    header = {
+        "format": FORMAT_TAG,
+        "config": state.config.to_dict(),
+        "model_config": json.loads(preset_config(state.config.preset).to_json()),
+        "epochs_done": state.epochs_done,
+        "step": state.step,
+        "history": [dataclasses.asdict(r) for r in state.history],
+        "best_epoch": state.best_epoch,
+        "best_score": state.best_score,
+        "train_seconds": state.train_seconds,
+        "optimizer_param_groups": _json_safe(state.optimizer["param_groups"]),
+        "optimizer_state_keys": optim_keys,
+        "scheduler": _json_safe(state.scheduler),
+        "extra": _json_safe(state.extra),
+    }
+    data = save(tensors, metadata={"format": FORMAT_TAG, "lenet_checkpoint": json.dumps(header)})
+    return atomic_write_bytes(path, data)
+
+
+def load_checkpoint(path: Path) -> TrainState:
+    """Read a checkpoint written by `save_checkpoint`; WeightsError for anything else."""
+    import torch
+    from safetensors import SafetensorError
+    from safetensors.torch import load
+
+    from lenet_cli.train import EpochRecord, TrainConfig
+
+    path = Path(path).expanduser()
+    hint = "Pass the checkpoint.safetensors that `lenet train` wrote in its run folder."
+    if not path.is_file():
+        raise WeightsError(f"Checkpoint not found: {path}.", hint)
+    try:
+        raw = path.read_bytes()
+    except OSError as exc:
+        raise WeightsError(f"Cannot read checkpoint {path}: {exc.strerror or exc}.") from exc
+    try:
+        tensors = load(raw)
+        meta = _metadata(raw)
+    except (SafetensorError, ValueError, RuntimeError, OSError) as exc:
+        raise WeightsError(f"{path} is not a valid checkpoint ({first_line(exc)}).", hint) from exc
+    if meta.get("format") != FORMAT_TAG or "lenet_checkpoint" not in meta:
+        kind = "a weights file" if meta.get("format", "").startswith("lenet-cli/weights") else "not a lenet checkpoint"
+        raise WeightsError(f"{path} is {kind}, not a training checkpoint.", hint)
+    try:
+        h = json.loads(meta["lenet_checkpoint"])
+        cfg = TrainConfig(**h["config"])
+
+        def sub(prefix: str) -> dict[str, torch.Tensor]:
+            return {k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)}
+
+        opt_state: dict[int, dict[str, Any]] = {}
+        for idx, names in h["optimizer_state_keys"].items():
+            entry = {}
+            for name, kind in names.items():
+                entry[name] = tensors[f"optim.{idx}.{name}"] if kind == "tensor" else json.loads(kind)
+            opt_state[int(idx)] = entry
+        groups = h["optimizer_param_groups"]
+        for g in groups:
+            if isinstance(g.get("betas"), list):
+                g["betas"] = tuple(g["betas"])
+        state = TrainState(
+            config=cfg,
+            epochs_done=int(h["epochs_done"]),
+            step=int(h["step"]),
+            model=sub("model."),
+            optimizer={"state": opt_state, "param_groups": groups},
+            scheduler=h["scheduler"],
+            rng_shuffle=tensors["rng.shuffle"],
+            rng_torch=tensors["rng.torch"],
+            rng_cuda=tensors.get("rng.cuda"),
+            history=[EpochRecord(**r) for r in h["history"]],
+            best_epoch=int(h["best_epoch"]),
+            best_score=float(h["best_score"]),
+            best_state=sub("best."),
+            perm=tensors.get("epoch.perm"),
+            sums=tensors.get("epoch.sums"),
+            train_seconds=float(h.get("train_seconds", 0.0)),
+            extra=h.get("extra", {}),
+        )
+    except (KeyError, TypeError, ValueError) as exc:
+        raise WeightsError(f"{path} is a damaged checkpoint ({first_line(exc)}).", hint) from exc
+    if not state.model:
+        raise WeightsError(f"{path} is a damaged checkpoint (no model tensors).", hint)
+    return state
+
+
+def _metadata(raw: bytes) -> dict[str, str]:
+    """The string metadata of a safetensors byte string."""
+    import struct
+
+    if len(raw) < 8:
+        raise ValueError("file too short")
+    (n,) = struct.unpack("<Q", raw[:8])
+    if n > len(raw) - 8:
+        raise ValueError("header length past the end of the file")
+    header = json.loads(raw[8 : 8 + n])
+    meta = header.get("__metadata__") or {}
+    if not isinstance(meta, dict):
+        raise ValueError("metadata is not an object")
+    return meta

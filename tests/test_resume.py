@@ -1,0 +1,186 @@
+"""Checkpoints, Ctrl-C and --resume: a stopped run continues to exactly the same weights."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from lenet_cli.checkpoint import CHECKPOINT_NAME, load_checkpoint, save_checkpoint
+from lenet_cli.data import load_split, train_val_split
+from lenet_cli.errors import WeightsError
+from lenet_cli.train import StopSignal, TrainConfig, TrainObserver, train
+
+CPU = torch.device("cpu")
+CFG = TrainConfig(epochs=3, batch_size=64, val_size=100, device="cpu", seed=3)
+
+
+@pytest.fixture(scope="module")
+def splits(tiny_mnist):
+    return train_val_split(load_split(tiny_mnist, "train", allow_download=False), CFG.val_size)
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(splits):
+    return train(CFG, *splits, CPU)
+
+
+class StopAt(TrainObserver):
+    """Requests a stop once training reaches (epoch, step), like a Ctrl-C would."""
+
+    def __init__(self, stop: StopSignal, epoch: int, step: int) -> None:
+        self.stop, self.epoch, self.step = stop, epoch, step
+
+    def on_step(self, epoch, step, steps, loss, images_per_s):
+        if (epoch, step) >= (self.epoch, self.step):
+            self.stop.request()
+
+
+def assert_same_states(a: dict, b: dict) -> None:
+    assert a.keys() == b.keys()
+    for k in a:
+        assert torch.equal(a[k], b[k]), k
+
+
+@pytest.mark.parametrize("epoch, step", [(1, 1), (2, 1), (2, 8)], ids=["first-epoch", "mid-epoch", "epoch-end"])
+def test_interrupted_and_resumed_equals_uninterrupted(splits, uninterrupted, tmp_path, epoch, step):
+    stop = StopSignal()
+    ckpt = tmp_path / CHECKPOINT_NAME
+    first = train(CFG, *splits, CPU, StopAt(stop, epoch, step), stop=stop,
+                  on_checkpoint=lambda state: save_checkpoint(ckpt, state))
+    assert first.interrupted
+    state = load_checkpoint(ckpt)
+    if step < 8:  # 500 images / 64 = 8 steps: step 1 is inside the epoch, step 8 ends it
+        assert first.stopped_in == (epoch, 1, 8)
+        assert (state.epochs_done, state.step) == (epoch - 1, 1)
+        assert state.perm is not None
+    else:
+        assert first.stopped_in is None and (state.epochs_done, state.step) == (epoch, 0)
+    resumed = train(CFG, *splits, CPU, resume=state)
+    assert not resumed.interrupted
+    assert_same_states(uninterrupted.last_state, resumed.last_state)
+    assert_same_states(uninterrupted.best_state, resumed.best_state)
+    assert resumed.best_epoch == uninterrupted.best_epoch
+    assert [r.val_loss for r in resumed.history] == [r.val_loss for r in uninterrupted.history]
+    assert [r.train_loss for r in resumed.history] == pytest.approx([r.train_loss for r in uninterrupted.history])
+
+
+def test_resume_refuses_other_settings(splits, tmp_path):
+    stop = StopSignal()
+    ckpt = tmp_path / CHECKPOINT_NAME
+    train(CFG, *splits, CPU, StopAt(stop, 1, 1), stop=stop, on_checkpoint=lambda s: save_checkpoint(ckpt, s))
+    from lenet_cli.errors import UsageError
+
+    with pytest.raises(UsageError, match="lr"):
+        train(TrainConfig(**{**CFG.to_dict(), "lr": 0.1}), *splits, CPU, resume=load_checkpoint(ckpt))
+
+
+def test_checkpoint_is_safetensors_without_pickle(splits, tmp_path):
+    ckpt = tmp_path / CHECKPOINT_NAME
+    train(TrainConfig(**{**CFG.to_dict(), "epochs": 1}), *splits, CPU, on_checkpoint=lambda s: save_checkpoint(ckpt, s))
+    tensors = load_file(ckpt)  # plain safetensors: raw arrays and a JSON header
+    assert {"rng.shuffle", "rng.torch"} <= tensors.keys()
+    assert any(k.startswith("optim.") for k in tensors) and any(k.startswith("model.") for k in tensors)
+    raw = ckpt.read_bytes()
+    assert b"\x80\x04\x95" not in raw and b"\x80\x02" not in raw[:64]  # no pickle protocol header
+
+
+@pytest.mark.parametrize("damage", ["truncate", "garbage", "weights-file"])
+def test_damaged_checkpoints_are_clear_errors(splits, tmp_path, damage):
+    ckpt = tmp_path / CHECKPOINT_NAME
+    if damage == "weights-file":
+        from lenet_cli.weights import bundled_weights_path
+
+        ckpt.write_bytes(bundled_weights_path().read_bytes())
+    else:
+        train(TrainConfig(**{**CFG.to_dict(), "epochs": 1}), *splits, CPU,
+              on_checkpoint=lambda s: save_checkpoint(ckpt, s))
+        raw = ckpt.read_bytes()
+        ckpt.write_bytes(raw[: len(raw) // 2] if damage == "truncate" else os.urandom(len(raw)))
+    with pytest.raises(WeightsError, match="checkpoint"):
+        load_checkpoint(ckpt)
+
+
+def test_a_killed_checkpoint_save_leaves_the_previous_one(tmp_path):
+    """SIGKILL in the middle of writing: the old file is still there and still loads."""
+    target = tmp_path / "checkpoint.safetensors"
+    target.write_bytes(b"previous good checkpoint")
+    script = (
+        "import sys, time\n"
+        "from pathlib import Path\n"
+        "from lenet_cli.fileio import atomic_write_with\n"
+        "def writer(tmp):\n"
+        "    with open(tmp, 'wb') as fh:\n"
+        "        fh.write(b'x' * 100_000); fh.flush()\n"
+        "        print('half', flush=True); time.sleep(60)\n"
+        f"atomic_write_with(Path({str(target)!r}), writer)\n"
+    )
+    proc = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True)
+    try:
+        assert proc.stdout.readline().strip() == "half"
+        proc.kill()
+    finally:
+        proc.wait(timeout=30)
+    assert proc.returncode == -signal.SIGKILL
+    assert target.read_bytes() == b"previous good checkpoint"
+
+
+def _lenet(*args: str) -> list[str]:
+    return [sys.executable, "-m", "lenet_cli", *args]
+
+
+def test_ctrl_c_saves_a_checkpoint_and_resume_finishes_the_run(tiny_mnist, tmp_path):
+    """A real SIGINT to a real `lenet train`, then `lenet train --resume`: same weights as without Ctrl-C."""
+    common = ["--epochs", "6", "-b", "16", "--val-size", "100", "--seed", "5", "--device", "cpu",
+              "--data-dir", str(tiny_mnist)]
+    env = {**os.environ, "NO_COLOR": "1", "PYTHONUNBUFFERED": "1"}
+    run = tmp_path / "run"
+    proc = subprocess.Popen(_lenet("train", *common, "-o", str(run)), stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, env=env)
+    seen = []
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:  # wait for the first epoch line, then press Ctrl-C
+        line = proc.stderr.readline()
+        seen.append(line)
+        if line.lstrip().startswith("epoch") or not line:
+            break
+    proc.send_signal(signal.SIGINT)
+    out, errs = proc.communicate(timeout=120)
+    errs = "".join(seen) + errs
+    if proc.returncode == 0:
+        pytest.skip("the run finished before Ctrl-C arrived")
+    assert proc.returncode == 130, errs
+    assert "Traceback" not in errs
+    assert "lenet train --resume" in errs and (run / CHECKPOINT_NAME).is_file()
+
+    resumed = subprocess.run(_lenet("train", "--resume", str(run / CHECKPOINT_NAME), "--data-dir", str(tiny_mnist)),
+                             capture_output=True, text=True, env=env, timeout=300)
+    assert resumed.returncode == 0, resumed.stderr
+    assert "Resuming at epoch" in resumed.stderr
+
+    straight = tmp_path / "straight"
+    full = subprocess.run(_lenet("train", *common, "-o", str(straight)), capture_output=True, text=True, env=env,
+                          timeout=300)
+    assert full.returncode == 0, full.stderr
+    a, b = load_file(run / "last.safetensors"), load_file(straight / "last.safetensors")
+    assert_same_states(a, b)
+
+
+def test_cli_resume_with_clashing_option_is_a_usage_error(splits, tmp_path):
+    from typer.testing import CliRunner
+
+    from lenet_cli.cli import app
+
+    ckpt = tmp_path / CHECKPOINT_NAME
+    stop = StopSignal()
+    train(CFG, *splits, CPU, StopAt(stop, 1, 1), stop=stop, on_checkpoint=lambda s: save_checkpoint(ckpt, s))
+    result = CliRunner().invoke(app, ["train", "--resume", str(ckpt), "--epochs", "9"])
+    assert result.exit_code == 2
+    assert "--epochs differs" in result.output and "Traceback" not in result.output
