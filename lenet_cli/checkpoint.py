@@ -20,7 +20,6 @@ holds raw arrays and the rest is parsed as JSON.
 from __future__ import annotations
 
 import json
-import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -65,8 +64,6 @@ def _json_safe(value: Any) -> Any:
         return {str(k): _json_safe(v) for k, v in value.items() if not callable(v)}
     if isinstance(value, (list, tuple)):
         return [_json_safe(v) for v in value]
-    if isinstance(value, float) and not math.isfinite(value):
-        return repr(value)  # JSON has no inf/nan; float("inf") reads it back
     return value
 
 
@@ -146,7 +143,7 @@ def load_checkpoint(path: Path) -> TrainState:
         raise WeightsError(f"{path} is {kind}, not a training checkpoint.", hint)
     try:
         h = json.loads(meta["lenet_checkpoint"])
-        cfg = TrainConfig(**h["config"])
+        cfg = _train_config(h["config"])
 
         def sub(prefix: str) -> dict[str, torch.Tensor]:
             return {k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)}
@@ -180,11 +177,61 @@ def load_checkpoint(path: Path) -> TrainState:
             train_seconds=float(h.get("train_seconds", 0.0)),
             extra=h.get("extra", {}),
         )
-    except (KeyError, TypeError, ValueError) as exc:
+        _check_structure(state)
+    except (KeyError, TypeError, ValueError, AttributeError, IndexError) as exc:
         raise WeightsError(f"{path} is a damaged checkpoint ({first_line(exc)}).", hint) from exc
-    if not state.model:
-        raise WeightsError(f"{path} is a damaged checkpoint (no model tensors).", hint)
     return state
+
+
+def _train_config(data: Any) -> "TrainConfig":
+    """The saved TrainConfig, each field of its declared type and valid (ValueError otherwise)."""
+    import dataclasses
+
+    from lenet_cli.errors import UsageError
+    from lenet_cli.train import TrainConfig
+
+    if not isinstance(data, dict):
+        raise ValueError("config is not an object")
+    cfg = TrainConfig(**data)
+    for f in dataclasses.fields(cfg):
+        value, default = getattr(cfg, f.name), f.default
+        ok = (isinstance(value, bool) if isinstance(default, bool)
+              else isinstance(value, int) and not isinstance(value, bool) if isinstance(default, int)
+              else isinstance(value, (int, float)) and not isinstance(value, bool) if isinstance(default, float)
+              else isinstance(value, type(default)))
+        if not ok:
+            raise ValueError(f"config field {f.name!r} has an invalid value {value!r}")
+    try:
+        cfg.validate()
+    except UsageError as exc:
+        raise ValueError(f"invalid config: {exc.message}") from None
+    return cfg
+
+
+def _check_structure(state: TrainState) -> None:
+    """What a resumed run relies on, checked before any training starts (ValueError otherwise)."""
+    import torch
+
+    if not state.model:
+        raise ValueError("no model tensors")
+    if state.epochs_done < 0 or state.step < 0:
+        raise ValueError("negative position")
+    if len(state.history) != state.epochs_done:
+        raise ValueError(f"{len(state.history)} history rows for {state.epochs_done} epochs")
+    if state.history and set(state.best_state) != set(state.model):
+        raise ValueError("best-epoch tensors do not match the model tensors")
+    if state.step > 0:
+        if state.perm is None or state.perm.dtype != torch.int64 or state.perm.ndim != 1:
+            raise ValueError("a mid-epoch checkpoint without this epoch's order of examples")
+        if not torch.equal(torch.sort(state.perm).values, torch.arange(state.perm.numel())):
+            raise ValueError("the saved order of examples is not a permutation")
+        if state.sums is None or state.sums.numel() != 4:
+            raise ValueError("a mid-epoch checkpoint without its running sums")
+    for name in ("rng_shuffle", "rng_torch"):
+        if getattr(state, name).dtype != torch.uint8:
+            raise ValueError(f"{name} is not a generator state")
+    if not isinstance(state.scheduler, dict) or not isinstance(state.optimizer["param_groups"], list):
+        raise ValueError("optimizer or schedule state is malformed")
 
 
 def _metadata(raw: bytes) -> dict[str, str]:

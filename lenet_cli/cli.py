@@ -10,12 +10,16 @@ import functools
 import os
 import time
 from pathlib import Path
-from typing import Annotated, Callable, Optional, TypeVar
+from typing import TYPE_CHECKING, Annotated, Callable, Optional, TypeVar
 
 import typer
 
 from lenet_cli import __version__
 from lenet_cli.errors import EXIT_FAILURE, EXIT_INTERRUPTED, LenetError
+
+if TYPE_CHECKING:  # pragma: no cover
+    from lenet_cli.checkpoint import TrainState
+    from lenet_cli.train import TrainConfig
 
 app = typer.Typer(
     name="lenet",
@@ -133,7 +137,7 @@ def _run_dir(output_dir: Optional[Path], prefix: str) -> Path:
     return path
 
 
-def _resume_config(path: Path, given):
+def _resume_config(path: Path, given: "TrainConfig") -> tuple["TrainConfig", "TrainState", Path]:
     """The checkpoint's config; settings typed on the command line must agree with it."""
     import dataclasses
 
@@ -141,6 +145,11 @@ def _resume_config(path: Path, given):
     from lenet_cli.errors import UsageError
     from lenet_cli.train import TrainConfig
 
+    path = path.expanduser()
+    if path.is_dir():  # a run folder: its checkpoint
+        from lenet_cli.checkpoint import CHECKPOINT_NAME
+
+        path = path / CHECKPOINT_NAME
     state = load_checkpoint(path)
     saved, default = state.config, TrainConfig()
     clash = [f.name for f in dataclasses.fields(TrainConfig) if f.name != "device"
@@ -151,7 +160,7 @@ def _resume_config(path: Path, given):
         raise UsageError(f"--resume continues the run with the settings it was started with; {flags} {verb}.",
                          f"Drop {flags}, or start a new run without --resume.")
     device = given.device if given.device != "auto" else saved.device
-    return dataclasses.replace(saved, device=device), state
+    return dataclasses.replace(saved, device=device), state, path
 
 
 def _check_device(spec: str) -> None:
@@ -166,14 +175,14 @@ def _check_device(spec: str) -> None:
     "  lenet train --epochs 15 --device cuda --seed 1\n\n"
     "  lenet train --arch classic --output-dir runs/classic\n\n"
     "  lenet train --epochs 1 --dry-run             [dim]# one batch per epoch: check the set-up[/]\n\n"
-    "  lenet train --resume runs/train-*/checkpoint.safetensors   [dim]# continue after Ctrl-C[/]"
+    "  lenet train --resume runs/train-20261121-101500   [dim]# continue a stopped run (its folder or checkpoint)[/]"
 )
 @handle_errors
 def train(
     epochs: Annotated[int, typer.Option(help="Passes over the training set.", min=1)] = 15,
     device: DeviceOpt = "auto",
-    batch_size: Annotated[int, typer.Option("--batch-size", "-b", help="Images per step.", min=1)] = 128,
-    lr: Annotated[float, typer.Option(help="Peak learning rate (one-cycle schedule).")] = 4e-3,
+    batch_size: Annotated[int, typer.Option("--batch-size", "-b", help="Images per step.", min=1)] = 256,
+    lr: Annotated[float, typer.Option(help="Peak learning rate (one-cycle schedule).")] = 6e-3,
     seed: Annotated[int, typer.Option(help="Random seed: same seed and device give the same weights.")] = 0,
     arch: Annotated[str, typer.Option("--arch", "--preset", help="Model preset: modern | classic.")] = "modern",
     data_dir: DataDirOpt = None,
@@ -217,8 +226,8 @@ def train(
         raise UsageError(f"Unknown --arch {arch!r}.", f"Choose one of: {', '.join(PRESETS)}.")
     state = None
     if resume is not None:
-        cfg, state = _resume_config(resume, cfg)
-        output_dir = output_dir or resume.expanduser().parent
+        cfg, state, checkpoint = _resume_config(resume, cfg)
+        output_dir = output_dir or checkpoint.parent
     out_dir = _run_dir(output_dir, "train")
     from lenet_cli.workflows import run_training
 

@@ -35,8 +35,8 @@ class TrainConfig:
 
     preset: str = "modern"
     epochs: int = 15
-    batch_size: int = 128
-    lr: float = 4e-3  # peak learning rate of the one-cycle schedule
+    batch_size: int = 256  # the fastest per image on a 2-core CPU that keeps >= 99.3%
+    lr: float = 6e-3  # peak learning rate of the one-cycle schedule
     weight_decay: float = 5e-4
     optimizer: str = "adamw"  # adamw | sgd
     momentum: float = 0.9  # for sgd
@@ -145,16 +145,21 @@ def augment_batch(x: "torch.Tensor", cfg: TrainConfig, gen: "torch.Generator") -
     import torch
     import torch.nn.functional as F
 
-    b = x.shape[0]
+    b, _, h, w = x.shape
     u = torch.rand(b, 4, generator=gen) * 2 - 1  # uniform in [-1, 1]
     angle = u[:, 0] * math.radians(cfg.max_rotation)
     scale = 1 + u[:, 1] * cfg.max_scale
-    # affine_grid works in normalised coordinates where the image spans [-1, 1], i.e. 14 px per unit.
+    # grid_sample works in normalised coordinates where the image spans [-1, 1], i.e. 14 px per unit.
     shift = u[:, 2:] * (cfg.max_shift / 14.0)
     cos, sin = torch.cos(angle) / scale, torch.sin(angle) / scale
-    theta = torch.stack([torch.stack([cos, -sin, shift[:, 0]], 1), torch.stack([sin, cos, shift[:, 1]], 1)], 1)
-    grid = F.affine_grid(theta.to(x.device, x.dtype), list(x.shape), align_corners=False)
-    return F.grid_sample(x, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
+    m = torch.stack([cos, -sin, shift[:, 0], sin, cos, shift[:, 1]], 1).to(x.device, x.dtype).view(b, 6, 1, 1)
+    # The sampling grid of the affine map, written out: F.affine_grid does the same with a
+    # batched matmul that costs twice as much as this on the CPU.
+    xs = (torch.arange(w, device=x.device, dtype=x.dtype) * 2 + 1) / w - 1  # pixel centres (align_corners=False)
+    ys = ((torch.arange(h, device=x.device, dtype=x.dtype) * 2 + 1) / h - 1).view(h, 1)
+    gx = m[:, 0] * xs + m[:, 1] * ys + m[:, 2]
+    gy = m[:, 3] * xs + m[:, 4] * ys + m[:, 5]
+    return F.grid_sample(x, torch.stack([gx, gy], -1), mode="bilinear", padding_mode="zeros", align_corners=False)
 
 
 def _optimizer(model: "LeNet5", cfg: TrainConfig) -> "torch.optim.Optimizer":
@@ -166,7 +171,9 @@ def _optimizer(model: "LeNet5", cfg: TrainConfig) -> "torch.optim.Optimizer":
     groups = [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
     if cfg.optimizer == "sgd":
         return torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum, nesterov=True)
-    return torch.optim.AdamW(groups, lr=cfg.lr)
+    # The fused kernel updates every parameter in one pass: a third of the step's optimizer cost on the CPU.
+    fused = all(p.device.type in ("cpu", "cuda") for p in model.parameters())
+    return torch.optim.AdamW(groups, lr=cfg.lr, fused=fused or None)
 
 
 def _scheduler(opt: "torch.optim.Optimizer", cfg: TrainConfig, steps_per_epoch: int):
@@ -209,15 +216,33 @@ class StopSignal:
                 raise KeyboardInterrupt
             self.request()
 
-        previous = signal.signal(signal.SIGINT, handler)
+        previous = signal.getsignal(signal.SIGINT)
+        if previous is signal.SIG_IGN:  # started in the background with Ctrl-C ignored: keep it so
+            yield self
+            return
+        signal.signal(signal.SIGINT, handler)
         try:
             yield self
         finally:
-            signal.signal(signal.SIGINT, previous)
+            # None: the previous handler was not set from Python; the default is the closest match.
+            signal.signal(signal.SIGINT, previous if previous is not None else signal.default_int_handler)
 
 
 def _cpu_state(model: "torch.nn.Module") -> dict[str, "torch.Tensor"]:
     return {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}
+
+
+def _copied(value: Any) -> Any:
+    """A deep copy of an optimizer state_dict's tensors (the live ones change at the next step)."""
+    import torch
+
+    if isinstance(value, torch.Tensor):
+        return value.detach().to("cpu", copy=True)
+    if isinstance(value, dict):
+        return {k: _copied(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_copied(v) for v in value]
+    return value
 
 
 def train(
@@ -286,25 +311,32 @@ def train(
     start_epoch, start_step, prior_seconds = 1, 0, 0.0
     if resume is not None:
         _check_resumable(resume, cfg, n, steps)
-        model.load_state_dict({k: v.to(device) for k, v in resume.model.items()})
-        opt.load_state_dict(resume.optimizer)
-        sched.load_state_dict(resume.scheduler)
-        gen.set_state(resume.rng_shuffle)
-        torch.set_rng_state(resume.rng_torch)
-        if device.type == "cuda" and resume.rng_cuda is not None:
-            torch.cuda.set_rng_state(resume.rng_cuda, device)
+        try:
+            model.load_state_dict({k: v.to(device) for k, v in resume.model.items()})
+            opt.load_state_dict(resume.optimizer)
+            sched.load_state_dict(resume.scheduler)
+            gen.set_state(resume.rng_shuffle)
+            torch.set_rng_state(resume.rng_torch)
+            if device.type == "cuda" and resume.rng_cuda is not None:
+                torch.cuda.set_rng_state(resume.rng_cuda, device)
+        except (RuntimeError, ValueError, KeyError, TypeError, AttributeError, IndexError) as exc:
+            from lenet_cli.errors import WeightsError, first_line
+
+            raise WeightsError(f"The checkpoint does not fit this model or optimizer ({first_line(exc)}).",
+                               "Resume from the checkpoint.safetensors `lenet train` wrote for this run.") from exc
         history = list(resume.history)
         best_score, best_epoch, best_state = resume.best_score, resume.best_epoch, dict(resume.best_state)
         start_epoch, start_step, prior_seconds = resume.epochs_done + 1, resume.step, resume.train_seconds
 
     def snapshot(epochs_done: int, step: int, perm=None, sums=None) -> TrainState:
         return TrainState(
-            config=cfg, epochs_done=epochs_done, step=step, model=_cpu_state(model), optimizer=opt.state_dict(),
+            config=cfg, epochs_done=epochs_done, step=step, model=_cpu_state(model), optimizer=_copied(opt.state_dict()),
             scheduler=sched.state_dict(), rng_shuffle=gen.get_state(), rng_torch=torch.get_rng_state(),
             rng_cuda=torch.cuda.get_rng_state(device) if device.type == "cuda" else None,
             history=list(history), best_epoch=best_epoch, best_score=best_score, best_state=best_state,
             perm=None if perm is None else perm.to("cpu"), sums=sums,
             train_seconds=prior_seconds + time.perf_counter() - run_start,
+            extra={"train_size": n, "steps_per_epoch": steps},
         )
 
     observer.on_start(
@@ -313,7 +345,9 @@ def train(
     )
     interrupted = False
     stopped_in: tuple[int, int, int] | None = None  # (epoch, steps done, steps) of a mid-epoch stop
-    last_state: dict[str, torch.Tensor] = _cpu_state(model) if history else {}
+    # The weights of the last completed epoch: what a resumed run holds at an epoch boundary.
+    # Resumed mid-epoch, they are not in memory, and an earlier session has written them already.
+    last_state: dict[str, torch.Tensor] = _cpu_state(model) if history and start_step == 0 else {}
     run_start = time.perf_counter()
     for epoch in range(start_epoch, cfg.epochs + 1):
         model.train()
@@ -357,7 +391,9 @@ def train(
                     stopped_at = step + 1
                     break
         except KeyboardInterrupt:
-            # No StopSignal handler: the interrupt landed somewhere inside a step, so this
+            if stop.requested:  # the second Ctrl-C: quit now (the last checkpoint is on disk)
+                raise
+            # A Ctrl-C with no StopSignal handler installed lands anywhere inside a step, so this
             # epoch's partial state is not trustworthy; keep the completed epochs only.
             interrupted = True
             break
@@ -397,7 +433,7 @@ def train(
         history=history,
         best_epoch=best_epoch,
         best_state=best_state,
-        last_state=last_state or _cpu_state(model),
+        last_state=last_state,
         model=model,
         param_count=param_count,
         device=str(device),
@@ -415,11 +451,12 @@ def _check_resumable(state: "TrainState", cfg: TrainConfig, n: int, steps: int) 
     if differ:
         raise UsageError(f"The checkpoint was made with different settings ({', '.join(differ)}).",
                          "Resume with the checkpoint's own settings (lenet train --resume PATH).")
-    if state.perm is not None and int(state.perm.numel()) != n:
-        raise UsageError(f"The checkpoint was made on {int(state.perm.numel()):,} training images, this data has {n:,}.",
+    saved_n = state.extra.get("train_size", int(state.perm.numel()) if state.perm is not None else n)
+    if saved_n != n or state.extra.get("steps_per_epoch", steps) != steps:
+        raise UsageError(f"The checkpoint was made on {saved_n:,} training images, this data has {n:,}.",
                          "Resume with the same MNIST files and --val-size.")
-    if state.epochs_done >= cfg.epochs:
-        raise UsageError(f"That run already finished all {cfg.epochs} epochs; its weights are next to the checkpoint.")
+    if state.epochs_done > cfg.epochs or (state.epochs_done == cfg.epochs and state.step):
+        raise UsageError(f"The checkpoint is past the end of a {cfg.epochs}-epoch run.")
     if state.step >= steps:
         raise UsageError(f"The checkpoint's step {state.step} does not fit an epoch of {steps} steps.")
 
@@ -461,6 +498,8 @@ def save_run(
     training = cfg.to_dict() | {"best_epoch": result.best_epoch, "device_used": result.device}
     paths: dict[str, Path] = {}
     for name, state in (("best", result.best_state), ("last", result.last_state)):
+        if not state:  # resumed mid-epoch and stopped again: the earlier session wrote this file
+            continue
         model = build_model(result.model.cfg)
         model.load_state_dict(state)
         best = result.best if name == "best" else result.history[-1]

@@ -86,7 +86,10 @@ class RichTrainObserver(TrainObserver):
         )
         if info.get("resumed_from"):
             epoch, step = info["resumed_from"]
-            err.print(f"Resuming at epoch {epoch}, step {step + 1}.")
+            if epoch > self.cfg.epochs:
+                err.print(f"All {self.cfg.epochs} epochs were done; evaluating and saving the weights.")
+            else:
+                err.print(f"Resuming at epoch {epoch}, step {step + 1}.")
 
     def on_epoch_start(self, epoch: int, steps: int) -> None:
         if self.task is not None:
@@ -154,29 +157,39 @@ def run_training(cfg, data_dir: Path | None, out_dir: Path, allow_download: bool
     stop.on_request.append(lambda: console.warn("Stopping at the end of this step to save a checkpoint "
                                                 "(press Ctrl-C again to quit at once)."))
     observer = RichTrainObserver(cfg, describe_device(device), resume)
-    try:
-        with observer, stop.catch_sigint():
-            result = train(cfg, train_split, val_split, device, observer, resume=resume, stop=stop,
-                           on_checkpoint=lambda state: save_checkpoint(checkpoint, state))
-    except KeyboardInterrupt:
-        if checkpoint.is_file():  # the last completed epoch's checkpoint is on disk
-            console.warn(f"Aborted. The checkpoint of the last completed epoch is {checkpoint}; continue with:")
-            err.print(f"  {again}", soft_wrap=True, markup=False, highlight=False)
-        raise
-    if not result.history:  # stopped inside the first epoch: only the checkpoint exists
-        epoch, done, steps = result.stopped_in
-        console.warn(f"Stopped in epoch {epoch} after step {done}/{steps}; checkpoint saved to {checkpoint}. Continue with:")
-        err.print(f"  {again}", soft_wrap=True, markup=False, highlight=False)
-        return {"config": cfg.to_dict(), "interrupted": True, "checkpoint": str(checkpoint), "resume_command": again,
-                "history": [], "train_seconds": result.train_seconds}
+    saved = {"checkpoint": False}
 
-    # The test set is used once, for the report; never for choosing the epoch.
-    model = result.model
-    model.load_state_dict({k: v.to(next(model.parameters()).device) for k, v in result.best_state.items()})
-    test_eval = metrics_from_logits(torch_logits(model, test.images.to(device)), test.labels)
-    test_metrics = {"test_accuracy": test_eval.accuracy, "test_loss": test_eval.loss}
-    paths = save_run(result, cfg, out_dir, test_metrics)
-    paths["checkpoint"] = checkpoint
+    def keep(state) -> None:
+        save_checkpoint(checkpoint, state)
+        saved["checkpoint"] = True
+
+    # The handler stays on through the test evaluation and the saving: a Ctrl-C there must not
+    # cost the weights of a finished run (the run simply completes).
+    with stop.catch_sigint():
+        try:
+            with observer:
+                result = train(cfg, train_split, val_split, device, observer, resume=resume, stop=stop,
+                               on_checkpoint=keep)
+        except KeyboardInterrupt:
+            if saved["checkpoint"] or resume is not None:
+                console.warn(f"Aborted. The last checkpoint is {checkpoint}; continue with:")
+                err.print(f"  {again}", soft_wrap=True, markup=False, highlight=False)
+            raise
+        if not result.history:  # stopped inside the first epoch: only the checkpoint exists
+            epoch, done, steps = result.stopped_in
+            console.warn(f"Stopped in epoch {epoch} after step {done}/{steps}; checkpoint saved to {checkpoint}. "
+                         "Continue with:")
+            err.print(f"  {again}", soft_wrap=True, markup=False, highlight=False)
+            return {"config": cfg.to_dict(), "interrupted": True, "checkpoint": str(checkpoint),
+                    "resume_command": again, "history": [], "train_seconds": result.train_seconds}
+
+        # The test set is used once, for the report; never for choosing the epoch.
+        model = result.model
+        model.load_state_dict({k: v.to(next(model.parameters()).device) for k, v in result.best_state.items()})
+        test_eval = metrics_from_logits(torch_logits(model, test.images.to(device)), test.labels)
+        test_metrics = {"test_accuracy": test_eval.accuracy, "test_loss": test_eval.loss}
+        paths = save_run(result, cfg, out_dir, test_metrics)
+        paths["checkpoint"] = checkpoint
 
     best = result.best
     if not json_mode:
@@ -195,9 +208,10 @@ def run_training(cfg, data_dir: Path | None, out_dir: Path, allow_download: bool
         files.add_column()
         for key, label in (("best", "best weights"), ("last", "last weights"), ("curves", "curves"),
                            ("history_csv", "history (CSV)"), ("history_json", "history (JSON)"), ("checkpoint", "checkpoint")):
-            files.add_row(label, str(paths[key]))
+            if key in paths:
+                files.add_row(label, str(paths[key]))
         out.print(files)
-        best_path = paths["best"]
+        best_path = paths.get("best", out_dir / "best.safetensors")
         out.print("[bold]Next:[/]")
         out.print(f"  lenet eval --weights {best_path}", soft_wrap=True)
         out.print(f"  lenet predict digit.png --weights {best_path}", soft_wrap=True)
@@ -471,13 +485,12 @@ def run_bench_cmd(weights: Path | None, device: str, sizes: tuple[int, ...], bac
                   tutorial: bool = True) -> dict[str, Any]:
     """Run the benchmark with a progress bar on stderr and optionally save the JSON report."""
     import json
+    import math
 
     from lenet_cli.bench import BenchConfig, run_bench
     from lenet_cli.fileio import atomic_write_text, ensure_dir
     from lenet_cli.train import TrainConfig
     from lenet_cli.weights import resolve_weights_path
-
-    import math
 
     known = {"torch", "torch-compile", "onnxruntime"}
     if not backends:

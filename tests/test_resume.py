@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -69,7 +70,7 @@ def test_interrupted_and_resumed_equals_uninterrupted(splits, uninterrupted, tmp
     assert_same_states(uninterrupted.best_state, resumed.best_state)
     assert resumed.best_epoch == uninterrupted.best_epoch
     assert [r.val_loss for r in resumed.history] == [r.val_loss for r in uninterrupted.history]
-    assert [r.train_loss for r in resumed.history] == pytest.approx([r.train_loss for r in uninterrupted.history])
+    assert [r.train_loss for r in resumed.history] == [r.train_loss for r in uninterrupted.history]
 
 
 def test_resume_refuses_other_settings(splits, tmp_path):
@@ -88,8 +89,45 @@ def test_checkpoint_is_safetensors_without_pickle(splits, tmp_path):
     tensors = load_file(ckpt)  # plain safetensors: raw arrays and a JSON header
     assert {"rng.shuffle", "rng.torch"} <= tensors.keys()
     assert any(k.startswith("optim.") for k in tensors) and any(k.startswith("model.") for k in tensors)
+    # Nothing but the safetensors layout: an 8-byte length, a JSON header, then the raw tensor bytes
+    # that the header accounts for, to the last byte. There is no room for a pickle.
     raw = ckpt.read_bytes()
-    assert b"\x80\x04\x95" not in raw and b"\x80\x02" not in raw[:64]  # no pickle protocol header
+    n = int.from_bytes(raw[:8], "little")
+    header = json.loads(raw[8 : 8 + n])
+    ends = [v["data_offsets"][1] for k, v in header.items() if k != "__metadata__"]
+    assert 8 + n + max(ends) == len(raw)
+    assert json.loads(header["__metadata__"]["lenet_checkpoint"])["config"] == CFG.to_dict() | {"epochs": 1}
+
+
+def _rewrite_header(path: Path, edit) -> None:
+    """Change a checkpoint's JSON header in place, keeping the tensors (a hand-edited or hostile file)."""
+    from safetensors.torch import load, save
+
+    raw = path.read_bytes()
+    n = int.from_bytes(raw[:8], "little")
+    meta = json.loads(raw[8 : 8 + n])["__metadata__"]
+    h = json.loads(meta["lenet_checkpoint"])
+    edit(h)
+    meta["lenet_checkpoint"] = json.dumps(h)
+    path.write_bytes(save(load(raw), metadata=meta))
+
+
+@pytest.mark.parametrize("edit", [
+    lambda h: h["config"].update(epochs="15"),
+    lambda h: h["config"].update(batch_size=2.5),
+    lambda h: h["config"].update(epochs=0),
+    lambda h: h.update(history=[1, 2]),
+    lambda h: h.update(scheduler=[]),
+    lambda h: h.update(step=3),  # mid-epoch without the epoch's order of examples
+    lambda h: h.update(epochs_done=-1),
+], ids=["epochs-string", "batch-float", "epochs-zero", "history-list", "scheduler-list", "step-no-perm",
+        "negative-epoch"])
+def test_hand_edited_checkpoints_are_clear_errors(splits, tmp_path, edit):
+    ckpt = tmp_path / CHECKPOINT_NAME
+    train(TrainConfig(**{**CFG.to_dict(), "epochs": 1}), *splits, CPU, on_checkpoint=lambda s: save_checkpoint(ckpt, s))
+    _rewrite_header(ckpt, edit)
+    with pytest.raises(WeightsError, match="damaged checkpoint"):
+        load_checkpoint(ckpt)
 
 
 @pytest.mark.parametrize("damage", ["truncate", "garbage", "weights-file"])
@@ -184,3 +222,23 @@ def test_cli_resume_with_clashing_option_is_a_usage_error(splits, tmp_path):
     result = CliRunner().invoke(app, ["train", "--resume", str(ckpt), "--epochs", "9"])
     assert result.exit_code == 2
     assert "--epochs differs" in result.output and "Traceback" not in result.output
+
+
+def test_resume_of_a_finished_run_writes_its_weights(tiny_mnist, tmp_path):
+    """Killed after the last epoch's checkpoint but before the weights were saved: --resume saves them."""
+    from typer.testing import CliRunner
+
+    from lenet_cli.cli import app
+
+    run = tmp_path / "run"
+    args = ["train", "--epochs", "2", "-b", "64", "--val-size", "100", "--device", "cpu", "--data-dir", str(tiny_mnist)]
+    first = CliRunner().invoke(app, [*args, "-o", str(run)])
+    assert first.exit_code == 0, first.output
+    before = load_file(run / "best.safetensors")
+    for name in ("best.safetensors", "last.safetensors"):
+        (run / name).unlink()
+    again = CliRunner().invoke(app, ["train", "--resume", str(run), "--data-dir", str(tiny_mnist)])  # a run folder
+    assert again.exit_code == 0, again.output
+    assert "All 2 epochs were done" in again.stderr
+    assert_same_states(before, load_file(run / "best.safetensors"))
+    assert (run / "last.safetensors").is_file()
