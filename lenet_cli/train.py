@@ -187,7 +187,7 @@ def _scheduler(opt: "torch.optim.Optimizer", cfg: TrainConfig, steps_per_epoch: 
 
 
 class StopSignal:
-    """A request to stop after the current step, set by Ctrl-C (see `catch_sigint`) or by a caller."""
+    """A request to stop after the current step, set by Ctrl-C or SIGTERM (see `catch_signals`) or by a caller."""
 
     def __init__(self) -> None:
         self.requested = False
@@ -201,11 +201,12 @@ class StopSignal:
                 callback()
 
     @contextlib.contextmanager
-    def catch_sigint(self) -> Iterator["StopSignal"]:
-        """While active, the first Ctrl-C requests a stop; a second one aborts at once.
+    def catch_signals(self) -> Iterator["StopSignal"]:
+        """While active, the first Ctrl-C (SIGINT) or SIGTERM requests a stop; a second one aborts at once.
 
-        Stopping between steps (not wherever the signal lands) is what makes the
-        saved checkpoint consistent: the optimizer and the schedule have both stepped.
+        Stopping between steps (not wherever the signal lands) is what makes the saved
+        checkpoint consistent: the optimizer and the schedule have both stepped. SIGTERM is
+        what job schedulers and `kill` send before they give up on a process.
         """
         if threading.current_thread() is not threading.main_thread():
             yield self  # signal handlers can only be set from the main thread
@@ -216,16 +217,20 @@ class StopSignal:
                 raise KeyboardInterrupt
             self.request()
 
-        previous = signal.getsignal(signal.SIGINT)
-        if previous is signal.SIG_IGN:  # started in the background with Ctrl-C ignored: keep it so
-            yield self
-            return
-        signal.signal(signal.SIGINT, handler)
+        previous = {}
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            old = signal.getsignal(sig)
+            if old is signal.SIG_IGN:  # e.g. a background job of a script: ignored stays ignored
+                continue
+            previous[sig] = old
+            signal.signal(sig, handler)
         try:
             yield self
         finally:
-            # None: the previous handler was not set from Python; the default is the closest match.
-            signal.signal(signal.SIGINT, previous if previous is not None else signal.default_int_handler)
+            for sig, old in previous.items():
+                # None: the old handler was not set from Python; the default is the closest match.
+                default = signal.default_int_handler if sig == signal.SIGINT else signal.SIG_DFL
+                signal.signal(sig, old if old is not None else default)
 
 
 def _cpu_state(model: "torch.nn.Module") -> dict[str, "torch.Tensor"]:

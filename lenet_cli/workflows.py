@@ -165,7 +165,7 @@ def run_training(cfg, data_dir: Path | None, out_dir: Path, allow_download: bool
 
     # The handler stays on through the test evaluation and the saving: a Ctrl-C there must not
     # cost the weights of a finished run (the run simply completes).
-    with stop.catch_sigint():
+    with stop.catch_signals():
         try:
             with observer:
                 result = train(cfg, train_split, val_split, device, observer, resume=resume, stop=stop,

@@ -242,3 +242,26 @@ def test_resume_of_a_finished_run_writes_its_weights(tiny_mnist, tmp_path):
     assert "All 2 epochs were done" in again.stderr
     assert_same_states(before, load_file(run / "best.safetensors"))
     assert (run / "last.safetensors").is_file()
+
+
+def test_sigterm_also_stops_at_a_step_and_saves_a_checkpoint(tiny_mnist, tmp_path):
+    """`kill` (SIGTERM, what job schedulers send) gets the same clean stop as Ctrl-C."""
+    run = tmp_path / "run"
+    env = {**os.environ, "NO_COLOR": "1", "PYTHONUNBUFFERED": "1"}
+    proc = subprocess.Popen(_lenet("train", "--epochs", "30", "-b", "16", "--val-size", "100", "--device", "cpu",
+                                   "--data-dir", str(tiny_mnist), "-o", str(run)),
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    seen = []
+    while True:
+        line = proc.stderr.readline()
+        seen.append(line)
+        if line.lstrip().startswith("epoch") or not line:
+            break
+    proc.send_signal(signal.SIGTERM)
+    _, errs = proc.communicate(timeout=120)
+    errs = "".join(seen) + errs
+    if proc.returncode == 0:
+        pytest.skip("the run finished before the signal arrived")
+    assert proc.returncode == 130, errs
+    assert "Traceback" not in errs and "lenet train --resume" in errs
+    assert load_checkpoint(run / CHECKPOINT_NAME).epochs_done >= 1
