@@ -314,6 +314,18 @@ def _runner(variant: str, model, weights: Path, device, rng) -> tuple[Callable[[
     raise ValueError(f"unknown backend {variant!r}")
 
 
+def _timed_steps(step: Callable[[], None], steps: int, sync: Callable[[], None], warmup: int = 5) -> float:
+    """Seconds for `steps` calls of a training step, after `warmup` untimed ones."""
+    for _ in range(warmup):
+        step()
+    sync()
+    t0 = time.perf_counter()
+    for _ in range(steps):
+        step()
+    sync()
+    return time.perf_counter() - t0
+
+
 def _train_result(pipeline: str, device, bs: int, images: int, seconds: float, steps: int,
                   peak: float | None) -> TrainingResult:
     ips = images / seconds
@@ -351,14 +363,8 @@ def bench_training(preset: str, device, cfg: BenchConfig, peak: float | None = N
         opt.step()
         sched.step()
 
-    for _ in range(5):
-        step()
-    sync()
-    t0 = time.perf_counter()
-    for _ in range(cfg.train_steps):
-        step()
-    sync()
-    return _train_result("lenet", device, bs, cfg.train_steps * bs, time.perf_counter() - t0, cfg.train_steps, peak)
+    seconds = _timed_steps(step, cfg.train_steps, sync)
+    return _train_result("lenet", device, bs, cfg.train_steps * bs, seconds, cfg.train_steps, peak)
 
 
 def bench_tutorial(device, cfg: BenchConfig, peak: float | None = None) -> TrainingResult:
@@ -405,12 +411,6 @@ def bench_tutorial(device, cfg: BenchConfig, peak: float | None = None) -> Train
         loss_fn(model(x), y).backward()
         opt.step()
 
-    for _ in range(5):
-        step()
-    sync()
-    t0 = time.perf_counter()
-    for _ in range(cfg.tutorial_steps):
-        step()
-    sync()
-    return _train_result("tutorial", device, TUTORIAL_BATCH, cfg.tutorial_steps * TUTORIAL_BATCH,
-                         time.perf_counter() - t0, cfg.tutorial_steps, peak)
+    seconds = _timed_steps(step, cfg.tutorial_steps, sync)
+    return _train_result("tutorial", device, TUTORIAL_BATCH, cfg.tutorial_steps * TUTORIAL_BATCH, seconds,
+                         cfg.tutorial_steps, peak)

@@ -174,37 +174,49 @@ def _lenet(*args: str) -> list[str]:
     return [sys.executable, "-m", "lenet_cli", *args]
 
 
-def test_ctrl_c_saves_a_checkpoint_and_resume_finishes_the_run(tiny_mnist, tmp_path):
-    """A real SIGINT to a real `lenet train`, then `lenet train --resume`: same weights as without Ctrl-C."""
-    common = ["--epochs", "6", "-b", "16", "--val-size", "100", "--seed", "5", "--device", "cpu",
-              "--data-dir", str(tiny_mnist)]
-    env = {**os.environ, "NO_COLOR": "1", "PYTHONUNBUFFERED": "1"}
-    run = tmp_path / "run"
-    proc = subprocess.Popen(_lenet("train", *common, "-o", str(run)), stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True, env=env)
+def _env() -> dict[str, str]:
+    return {**os.environ, "NO_COLOR": "1", "PYTHONUNBUFFERED": "1"}  # read at call time: fixtures patch it
+
+
+def _train_then_signal(train_args: list[str], sig: int) -> tuple[int, str]:
+    """Start `lenet train`, send `sig` once the first epoch is reported; (exit code, stderr).
+
+    The child gets the default SIGINT disposition even when the tests run as a background job
+    (where SIGINT is inherited as ignored). Skips if the run ends before the signal lands.
+    """
+    proc = subprocess.Popen(_lenet("train", *train_args), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env=_env(), preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     seen = []
     deadline = time.monotonic() + 120
-    while time.monotonic() < deadline:  # wait for the first epoch line, then press Ctrl-C
+    while time.monotonic() < deadline:  # wait for the first epoch line
         line = proc.stderr.readline()
         seen.append(line)
         if line.lstrip().startswith("epoch") or not line:
             break
-    proc.send_signal(signal.SIGINT)
-    out, errs = proc.communicate(timeout=120)
-    errs = "".join(seen) + errs
+    proc.send_signal(sig)
+    _, errs = proc.communicate(timeout=120)
     if proc.returncode == 0:
-        pytest.skip("the run finished before Ctrl-C arrived")
-    assert proc.returncode == 130, errs
+        pytest.skip("the run finished before the signal arrived")
+    return proc.returncode, "".join(seen) + errs
+
+
+def test_ctrl_c_saves_a_checkpoint_and_resume_finishes_the_run(tiny_mnist, tmp_path):
+    """A real SIGINT to a real `lenet train`, then `lenet train --resume`: same weights as without Ctrl-C."""
+    common = ["--epochs", "6", "-b", "16", "--val-size", "100", "--seed", "5", "--device", "cpu",
+              "--data-dir", str(tiny_mnist)]
+    run = tmp_path / "run"
+    returncode, errs = _train_then_signal([*common, "-o", str(run)], signal.SIGINT)
+    assert returncode == 130, errs
     assert "Traceback" not in errs
     assert "lenet train --resume" in errs and (run / CHECKPOINT_NAME).is_file()
 
     resumed = subprocess.run(_lenet("train", "--resume", str(run / CHECKPOINT_NAME), "--data-dir", str(tiny_mnist)),
-                             capture_output=True, text=True, env=env, timeout=300)
+                             capture_output=True, text=True, env=_env(), timeout=300)
     assert resumed.returncode == 0, resumed.stderr
     assert "Resuming at epoch" in resumed.stderr
 
     straight = tmp_path / "straight"
-    full = subprocess.run(_lenet("train", *common, "-o", str(straight)), capture_output=True, text=True, env=env,
+    full = subprocess.run(_lenet("train", *common, "-o", str(straight)), capture_output=True, text=True, env=_env(),
                           timeout=300)
     assert full.returncode == 0, full.stderr
     a, b = load_file(run / "last.safetensors"), load_file(straight / "last.safetensors")
@@ -247,21 +259,8 @@ def test_resume_of_a_finished_run_writes_its_weights(tiny_mnist, tmp_path):
 def test_sigterm_also_stops_at_a_step_and_saves_a_checkpoint(tiny_mnist, tmp_path):
     """`kill` (SIGTERM, what job schedulers send) gets the same clean stop as Ctrl-C."""
     run = tmp_path / "run"
-    env = {**os.environ, "NO_COLOR": "1", "PYTHONUNBUFFERED": "1"}
-    proc = subprocess.Popen(_lenet("train", "--epochs", "30", "-b", "16", "--val-size", "100", "--device", "cpu",
-                                   "--data-dir", str(tiny_mnist), "-o", str(run)),
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
-    seen = []
-    while True:
-        line = proc.stderr.readline()
-        seen.append(line)
-        if line.lstrip().startswith("epoch") or not line:
-            break
-    proc.send_signal(signal.SIGTERM)
-    _, errs = proc.communicate(timeout=120)
-    errs = "".join(seen) + errs
-    if proc.returncode == 0:
-        pytest.skip("the run finished before the signal arrived")
-    assert proc.returncode == 130, errs
+    returncode, errs = _train_then_signal(["--epochs", "30", "-b", "16", "--val-size", "100", "--device", "cpu",
+                                           "--data-dir", str(tiny_mnist), "-o", str(run)], signal.SIGTERM)
+    assert returncode == 130, errs
     assert "Traceback" not in errs and "lenet train --resume" in errs
     assert load_checkpoint(run / CHECKPOINT_NAME).epochs_done >= 1
