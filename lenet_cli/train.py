@@ -353,12 +353,13 @@ def train(
     # The weights of the last completed epoch: what a resumed run holds at an epoch boundary.
     # Resumed mid-epoch, they are not in memory, and an earlier session has written them already.
     last_state: dict[str, torch.Tensor] = _cpu_state(model) if history and start_step == 0 else {}
+    acc_dtype = torch.float32 if device.type == "mps" else torch.float64  # MPS has no float64
     run_start = time.perf_counter()
     for epoch in range(start_epoch, cfg.epochs + 1):
         model.train()
         observer.on_epoch_start(epoch, steps)
         first = 0
-        loss_sum = torch.zeros((), device=device, dtype=torch.float64)
+        loss_sum = torch.zeros((), device=device, dtype=acc_dtype)
         correct = torch.zeros((), device=device, dtype=torch.long)
         seen, carried_seconds = 0, 0.0
         if epoch == start_epoch and start_step > 0 and resume is not None and resume.perm is not None:
@@ -386,7 +387,7 @@ def train(
                 opt.step()
                 sched.step()
                 # Accumulate on the device; a .item() per step would synchronise the GPU every step.
-                loss_sum += loss.detach().double() * y.shape[0]
+                loss_sum += loss.detach().to(acc_dtype) * y.shape[0]
                 correct += (logits.detach().argmax(1) == y).sum()
                 seen += y.shape[0]
                 if step % 20 == 0 or step == steps - 1:
@@ -413,7 +414,7 @@ def train(
         record = EpochRecord(
             epoch=epoch,
             train_loss=(loss_sum / max(seen, 1)).item(),
-            train_acc=(correct.double() / max(seen, 1)).item(),
+            train_acc=correct.item() / max(seen, 1),
             val_loss=val.loss if val else float("nan"),
             val_acc=val.accuracy if val else float("nan"),
             lr=opt.param_groups[0]["lr"],
