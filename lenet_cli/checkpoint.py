@@ -123,7 +123,8 @@ def load_checkpoint(path: Path) -> TrainState:
     from safetensors import SafetensorError
     from safetensors.torch import load
 
-    from lenet_cli.train import EpochRecord, TrainConfig
+    from lenet_cli.train import EpochRecord
+    from lenet_cli.weights import read_metadata
 
     path = Path(path).expanduser()
     hint = "Pass the checkpoint.safetensors that `lenet train` wrote in its run folder."
@@ -135,7 +136,7 @@ def load_checkpoint(path: Path) -> TrainState:
         raise WeightsError(f"Cannot read checkpoint {path}: {exc.strerror or exc}.") from exc
     try:
         tensors = load(raw)
-        meta = _metadata(raw)
+        meta = read_metadata(raw)
     except (SafetensorError, ValueError, RuntimeError, OSError) as exc:
         raise WeightsError(f"{path} is not a valid checkpoint ({first_line(exc)}).", hint) from exc
     if meta.get("format") != FORMAT_TAG or "lenet_checkpoint" not in meta:
@@ -185,22 +186,14 @@ def load_checkpoint(path: Path) -> TrainState:
 
 def _train_config(data: Any) -> "TrainConfig":
     """The saved TrainConfig, each field of its declared type and valid (ValueError otherwise)."""
-    import dataclasses
-
     from lenet_cli.errors import UsageError
+    from lenet_cli.model import check_field_types
     from lenet_cli.train import TrainConfig
 
     if not isinstance(data, dict):
         raise ValueError("config is not an object")
     cfg = TrainConfig(**data)
-    for f in dataclasses.fields(cfg):
-        value, default = getattr(cfg, f.name), f.default
-        ok = (isinstance(value, bool) if isinstance(default, bool)
-              else isinstance(value, int) and not isinstance(value, bool) if isinstance(default, int)
-              else isinstance(value, (int, float)) and not isinstance(value, bool) if isinstance(default, float)
-              else isinstance(value, type(default)))
-        if not ok:
-            raise ValueError(f"config field {f.name!r} has an invalid value {value!r}")
+    check_field_types(cfg, "config")
     try:
         cfg.validate()
     except UsageError as exc:
@@ -232,19 +225,3 @@ def _check_structure(state: TrainState) -> None:
             raise ValueError(f"{name} is not a generator state")
     if not isinstance(state.scheduler, dict) or not isinstance(state.optimizer["param_groups"], list):
         raise ValueError("optimizer or schedule state is malformed")
-
-
-def _metadata(raw: bytes) -> dict[str, str]:
-    """The string metadata of a safetensors byte string."""
-    import struct
-
-    if len(raw) < 8:
-        raise ValueError("file too short")
-    (n,) = struct.unpack("<Q", raw[:8])
-    if n > len(raw) - 8:
-        raise ValueError("header length past the end of the file")
-    header = json.loads(raw[8 : 8 + n])
-    meta = header.get("__metadata__") or {}
-    if not isinstance(meta, dict):
-        raise ValueError("metadata is not an object")
-    return meta

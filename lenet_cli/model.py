@@ -46,6 +46,26 @@ C3_TABLE = (
 )
 
 
+def check_field_types(cfg, what: str) -> None:
+    """Raise ValueError unless each field of a config dataclass has the type of its default.
+
+    Configs are read back from files (weights, checkpoints) that may have been edited: a
+    string where a number belongs must be an error here, not a crash deep in training.
+    """
+    for f in dataclasses.fields(cfg):
+        value, default = getattr(cfg, f.name), f.default
+        if isinstance(default, bool):
+            ok = isinstance(value, bool)
+        elif isinstance(default, int):
+            ok = isinstance(value, int) and not isinstance(value, bool)
+        elif isinstance(default, float):
+            ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+        else:
+            ok = isinstance(value, type(default))
+        if not ok:
+            raise ValueError(f"{what} field {f.name!r} has an invalid value {value!r}")
+
+
 @dataclass(frozen=True)
 class ModelConfig:
     """Everything needed to rebuild a model. Saved inside every weights file."""
@@ -89,17 +109,10 @@ class ModelConfig:
         A config comes from a file's metadata, so it may have been edited: a string
         where a width belongs, or a negative width, must not reach the layers.
         """
+        check_field_types(self, "model config")
         for f in dataclasses.fields(self):
-            value, default = getattr(self, f.name), f.default
-            if isinstance(default, bool):
-                ok = isinstance(value, bool)
-            elif isinstance(default, int):
-                ok = isinstance(value, int) and not isinstance(value, bool) and value >= 1
-            elif isinstance(default, float):
-                ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
-            else:
-                ok = isinstance(value, type(default))
-            if not ok:
+            value = getattr(self, f.name)
+            if isinstance(f.default, int) and not isinstance(f.default, bool) and value < 1:  # widths, classes
                 raise ValueError(f"model config field {f.name!r} has an invalid value {value!r}")
         if not 0 <= self.dropout < 1:
             raise ValueError(f"model config field 'dropout' must be in [0, 1), got {self.dropout!r}")

@@ -143,7 +143,7 @@ def read_info(path: Path) -> tuple[WeightsInfo, dict[str, "torch.Tensor"]]:
         raise WeightsError(f"{path} looks like an ONNX file, which this command cannot load as PyTorch weights.")
     try:
         tensors = load(raw)
-        metadata = _read_metadata(raw)
+        metadata = read_metadata(raw)
     except Exception as exc:  # safetensors raises SafetensorError / ValueError on bad bytes
         raise WeightsError(
             f"{path} is not a valid safetensors file ({first_line(exc, 200)}).",
@@ -240,7 +240,8 @@ def _mismatch(expected: dict[str, "torch.Tensor"], tensors: dict[str, "torch.Ten
     return ""
 
 
-def _read_metadata(raw: bytes) -> dict[str, str]:
+def read_metadata(raw: bytes) -> dict[str, str]:
+    """The string metadata of a safetensors file's bytes (ValueError if the header is not JSON)."""
     # safetensors layout: 8-byte little-endian header length, then a JSON header with "__metadata__".
     n = int.from_bytes(raw[:8], "little")
     header = json.loads(raw[8 : 8 + n])

@@ -562,20 +562,25 @@ def test_damaged_mnist(case, tmp_path, tiny_mnist):
 # ------------------------------------------------------------------ outputs that cannot be written
 
 
+def _writing_command(command: str, out: Path, tiny_mnist: Path, digit_png: Path) -> tuple[list, str | None, str]:
+    """(arguments that make `command` write into folder `out`, the option naming it, a file it writes)."""
+    return {
+        "train": (["train", "--data-dir", tiny_mnist, "--device", "cpu", "--epochs", "1", "--dry-run",
+                   "--val-size", "100", "--output-dir", out], "--output-dir", "best.safetensors"),
+        "eval": (["eval", "--data-dir", tiny_mnist, "--device", "cpu", "--output-dir", out], "--output-dir",
+                 "confusion_matrix.png"),
+        "predict": (["predict", digit_png, "--save-preview", out], "--save-preview", "digit.png"),
+        "export": (["export", "--onnx", "--data-dir", tiny_mnist, "--output", out / "m.onnx"], "--output", "m.onnx"),
+        "bench": (["bench", "--quick", "--device", "cpu", "--backends", "torch", "--batch-sizes", "1",
+                   "--output", out / "bench.json"], None, "bench.json"),
+    }[command]
+
+
 @pytest.mark.parametrize("command", ["train", "eval", "predict", "export", "bench"])
 def test_output_under_a_regular_file(command, tmp_path, tiny_mnist, digit_png):
     blocker = tmp_path / "a-file"
     blocker.write_text("in the way")
-    target = blocker / "sub"
-    args, option = {
-        "train": (["train", "--data-dir", tiny_mnist, "--device", "cpu", "--epochs", "1", "--dry-run",
-                   "--val-size", "100", "--output-dir", target], "--output-dir"),
-        "eval": (["eval", "--data-dir", tiny_mnist, "--device", "cpu", "--output-dir", target], "--output-dir"),
-        "predict": (["predict", digit_png, "--save-preview", target], "--save-preview"),
-        "export": (["export", "--onnx", "--data-dir", tiny_mnist, "--output", target / "m.onnx"], "--output"),
-        "bench": (["bench", "--quick", "--device", "cpu", "--backends", "torch", "--batch-sizes", "1",
-                   "--output", target / "bench.json"], None),
-    }[command]
+    args, option, _ = _writing_command(command, blocker / "sub", tiny_mnist, digit_png)
     result = invoke(*args)
     words = [str(blocker), "is a file, not a directory", "writable location"]
     assert_clean_error(result, 1, *words, *([option] if option else []))
@@ -596,15 +601,7 @@ def _enospc(*args, **kwargs):
 def test_disk_full(command, monkeypatch, tmp_path, tiny_mnist, digit_png):
     """ENOSPC while a file is written: 'Disk full', exit 1, no temporary file left, no target written."""
     out = tmp_path / "out"
-    args, written = {
-        "train": (["train", "--data-dir", tiny_mnist, "--device", "cpu", "--epochs", "1", "--dry-run",
-                   "--val-size", "100", "--output-dir", out], "best.safetensors"),
-        "eval": (["eval", "--data-dir", tiny_mnist, "--device", "cpu", "--output-dir", out], "confusion_matrix.png"),
-        "predict": (["predict", digit_png, "--save-preview", out], "digit.png"),
-        "export": (["export", "--onnx", "--data-dir", tiny_mnist, "--output", out / "m.onnx"], "m.onnx"),
-        "bench": (["bench", "--quick", "--device", "cpu", "--backends", "torch", "--batch-sizes", "1",
-                   "--output", out / "bench.json"], "bench.json"),
-    }[command]
+    args, _, written = _writing_command(command, out, tiny_mnist, digit_png)
     if command in ("export", "bench", "train"):
         # The bytes themselves do not fit: the atomic writer's write fails.
         real = Path.write_bytes
