@@ -340,9 +340,11 @@ def bench_training(preset: str, device, cfg: BenchConfig, peak: float | None = N
     import torch.nn.functional as F
 
     from lenet_cli.model import build_model
-    from lenet_cli.train import TrainConfig, _optimizer, _scheduler, augment_batch
+    from lenet_cli.train import TrainConfig, _optimizer, _scheduler, augment_batch, keep_freed_memory
 
     bs = cfg.train_batch_size
+    if device.type == "cpu":
+        keep_freed_memory()
     tcfg = TrainConfig(preset=preset, batch_size=bs)
     model = build_model(preset).to(device).train()
     opt = _optimizer(model, tcfg)

