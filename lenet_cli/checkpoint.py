@@ -29,6 +29,7 @@ from lenet_cli.errors import WeightsError, first_line
 if TYPE_CHECKING:  # pragma: no cover
     import torch
 
+    from lenet_cli.model import ModelConfig
     from lenet_cli.train import EpochRecord, TrainConfig
 
 FORMAT_TAG = "lenet-cli/checkpoint-v1"
@@ -56,6 +57,9 @@ class TrainState:
     sums: "torch.Tensor | None" = None  # (loss sum, correct, seen, seconds so far) of this epoch
     train_seconds: float = 0.0
     extra: dict[str, Any] = field(default_factory=dict)
+    # The model the run trains. A resumed run rebuilds exactly this one, even when the
+    # preset's defaults have changed since (lenet 0.1.0 checkpoints pool last).
+    model_config: "ModelConfig | None" = None
 
 
 def _json_safe(value: Any) -> Any:
@@ -101,7 +105,7 @@ def save_checkpoint(path: Path, state: TrainState) -> Path:
     header = {
         "format": FORMAT_TAG,
         "config": state.config.to_dict(),
-        "model_config": json.loads(preset_config(state.config.preset).to_json()),
+        "model_config": json.loads((state.model_config or preset_config(state.config.preset)).to_json()),
         "epochs_done": state.epochs_done,
         "step": state.step,
         "history": [dataclasses.asdict(r) for r in state.history],
@@ -123,6 +127,7 @@ def load_checkpoint(path: Path) -> TrainState:
     from safetensors import SafetensorError
     from safetensors.torch import load
 
+    from lenet_cli.model import ModelConfig
     from lenet_cli.train import EpochRecord
     from lenet_cli.weights import read_metadata
 
@@ -177,7 +182,10 @@ def load_checkpoint(path: Path) -> TrainState:
             sums=tensors.get("epoch.sums"),
             train_seconds=float(h.get("train_seconds", 0.0)),
             extra=h.get("extra", {}),
+            model_config=ModelConfig.from_json(json.dumps(h["model_config"])),
         )
+        if state.model_config.preset != cfg.preset:
+            raise ValueError(f"model config of preset {state.model_config.preset!r} in a {cfg.preset!r} run")
         _check_structure(state)
     except (KeyError, TypeError, ValueError, AttributeError, IndexError) as exc:
         raise WeightsError(f"{path} is a damaged checkpoint ({first_line(exc)}).", hint) from exc

@@ -348,6 +348,40 @@ def preset_config(name: str) -> ModelConfig:
         raise KeyError(f"unknown preset {name!r}; choose one of {', '.join(PRESETS)}") from None
 
 
+def for_inference(model: LeNet5) -> LeNet5:
+    """An eval-mode model with the same function, batch norm folded into the convolutions where exact.
+
+    Batch norm in eval mode is a per-channel affine map s*z + t. Folded into the conv before
+    it (weights times s, bias s*b + t), it disappears from the graph. After a max pool
+    (pool-first blocks) that is exact only when every s > 0, because max(s*z) = s*max(z) needs
+    s >= 0; then the block can also run as conv -> ReLU -> pool (ReLU commutes with max),
+    the order onnxruntime fuses into one kernel. Otherwise the model is returned as it is.
+    Used for ONNX export: the graph is Conv -> ReLU -> MaxPool, with no BatchNormalization.
+    """
+    cfg = model.cfg
+    if not (cfg.batch_norm and cfg.pooling == "max" and cfg.activation == "relu"):
+        return model.eval()
+    blocks = ((model.c1, model.bn1), (model.c3, model.bn3))
+    scales = []
+    for conv, bn in blocks:
+        if type(conv) is not nn.Conv2d or not isinstance(bn, nn.BatchNorm2d) or bn.running_var is None:
+            return model.eval()
+        scale = bn.weight.detach() / torch.sqrt(bn.running_var + bn.eps)
+        if cfg.pool_first and not bool((scale > 0).all()):
+            return model.eval()
+        scales.append(scale)
+    folded = LeNet5(dataclasses.replace(cfg, batch_norm=False, pool_first=False)).to(model.c1.weight.device)
+    state = {k: v for k, v in model.state_dict().items() if not k.startswith(("c1.", "bn1.", "c3.", "bn3."))}
+    folded.load_state_dict(state, strict=False)
+    with torch.no_grad():
+        for (conv, bn), scale, target in zip(blocks, scales, (folded.c1, folded.c3)):
+            bias = conv.bias.detach() if conv.bias is not None else torch.zeros_like(scale)
+            target.weight.copy_(conv.weight.detach() * scale.view(-1, 1, 1, 1))
+            target.bias.copy_((bias - bn.running_mean) * scale + bn.bias.detach())
+    folded.fast_cpu_kernels = model.fast_cpu_kernels
+    return folded.eval()
+
+
 def count_parameters(model: nn.Module) -> int:
     """Trainable parameters, not counting weights that C3's connection table switches off."""
     total = sum(p.numel() for p in model.parameters() if p.requires_grad)

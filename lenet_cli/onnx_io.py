@@ -159,7 +159,9 @@ def export_model_proto(model, opset: int = DEFAULT_OPSET):
 
     import torch
 
-    model = model.to("cpu").eval()
+    from lenet_cli.model import for_inference
+
+    model = for_inference(model.to("cpu").eval())  # batch norm folded into the convolutions
     fast = getattr(model, "fast_cpu_kernels", False)
     example = torch.zeros(2, 1, 28, 28)
     batch = torch.export.Dim("batch", min=1, max=1 << 20)

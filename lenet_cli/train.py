@@ -307,6 +307,8 @@ def train(
         model_cfg = preset_config(cfg.preset)
     except KeyError as exc:
         raise UsageError(str(exc.args[0])) from None
+    if resume is not None and resume.model_config is not None:
+        model_cfg = resume.model_config  # the model the run started with
     if len(train_split) == 0:
         raise UsageError("The training set is empty.")
 
@@ -363,7 +365,7 @@ def train(
             history=list(history), best_epoch=best_epoch, best_score=best_score, best_state=best_state,
             perm=None if perm is None else perm.to("cpu"), sums=sums,
             train_seconds=prior_seconds + time.perf_counter() - run_start,
-            extra={"train_size": n, "steps_per_epoch": steps},
+            extra={"train_size": n, "steps_per_epoch": steps}, model_config=model.cfg,
         )
 
     observer.on_start(

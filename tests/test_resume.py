@@ -120,14 +120,31 @@ def _rewrite_header(path: Path, edit) -> None:
     lambda h: h.update(scheduler=[]),
     lambda h: h.update(step=3),  # mid-epoch without the epoch's order of examples
     lambda h: h.update(epochs_done=-1),
+    lambda h: h["model_config"].update(preset="classic"),
+    lambda h: h["model_config"].update(c1="6"),
 ], ids=["epochs-string", "batch-float", "epochs-zero", "history-list", "scheduler-list", "step-no-perm",
-        "negative-epoch"])
+        "negative-epoch", "model-of-other-preset", "model-width-string"])
 def test_hand_edited_checkpoints_are_clear_errors(splits, tmp_path, edit):
     ckpt = tmp_path / CHECKPOINT_NAME
     train(TrainConfig(**{**CFG.to_dict(), "epochs": 1}), *splits, CPU, on_checkpoint=lambda s: save_checkpoint(ckpt, s))
     _rewrite_header(ckpt, edit)
     with pytest.raises(WeightsError, match="damaged checkpoint"):
         load_checkpoint(ckpt)
+
+
+def test_checkpoint_of_a_pool_last_model_resumes_that_model(splits, tmp_path):
+    """lenet 0.1.0's modern preset pooled last; its checkpoints must not resume as today's model."""
+    ckpt = tmp_path / CHECKPOINT_NAME
+    cfg = TrainConfig(**{**CFG.to_dict(), "epochs": 2})
+    stop = StopSignal()
+    train(cfg, *splits, CPU, StopAt(stop, 1, 8), stop=stop, on_checkpoint=lambda s: save_checkpoint(ckpt, s))
+    assert load_checkpoint(ckpt).model_config.pool_first
+    _rewrite_header(ckpt, lambda h: h["model_config"].pop("pool_first"))  # as lenet 0.1.0 wrote it
+    state = load_checkpoint(ckpt)
+    assert not state.model_config.pool_first
+    resumed = train(cfg, *splits, CPU, resume=state)
+    assert not resumed.model.cfg.pool_first
+    assert len(resumed.history) == 2
 
 
 @pytest.mark.parametrize("damage", ["truncate", "garbage", "weights-file"])
