@@ -252,7 +252,9 @@ class LeNet5(nn.Module):
         self.fast_cpu_kernels = True
 
     def _fast_path(self, x: torch.Tensor) -> bool:
-        return self.fast_cpu_kernels and x.device.type == "cpu"
+        # In inference, below ~16 images the extra small ops cost more than they save
+        # (2 cores: batch 1 349 µs plain vs 424 µs; batch 64 2.9 ms plain vs 1.6 ms).
+        return self.fast_cpu_kernels and x.device.type == "cpu" and (self.training or x.shape[0] >= 16)
 
     @property
     def _polyphase_ok(self) -> bool:
@@ -372,7 +374,9 @@ def for_inference(model: LeNet5) -> LeNet5:
         scales.append(scale)
     folded = LeNet5(dataclasses.replace(cfg, batch_norm=False, pool_first=False)).to(model.c1.weight.device)
     state = {k: v for k, v in model.state_dict().items() if not k.startswith(("c1.", "bn1.", "c3.", "bn3."))}
-    folded.load_state_dict(state, strict=False)
+    missing, unexpected = folded.load_state_dict(state, strict=False)
+    if unexpected or set(missing) != {"c1.weight", "c1.bias", "c3.weight", "c3.bias"}:
+        raise ValueError(f"cannot fold batch norm: missing {missing}, unexpected {unexpected}")
     with torch.no_grad():
         for (conv, bn), scale, target in zip(blocks, scales, (folded.c1, folded.c3)):
             bias = conv.bias.detach() if conv.bias is not None else torch.zeros_like(scale)

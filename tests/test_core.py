@@ -78,6 +78,12 @@ def test_fast_cpu_kernels_match_plain_layers(overrides):
     for name, g in grads_plain.items():
         scale = g.abs().max().item() or 1.0
         assert (grads_fast[name] - g).abs().max().item() <= 1e-4 * scale, name
+    m.eval()  # inference (batch >= 16) takes the fast path too
+    with torch.inference_mode():
+        m.fast_cpu_kernels = True
+        fast = m(x)
+        m.fast_cpu_kernels = False
+        torch.testing.assert_close(fast, m(x), rtol=1e-5, atol=1e-5)
 
 
 def test_max_over_phases_routes_each_gradient_to_one_maximum():
@@ -93,6 +99,40 @@ def test_max_over_phases_routes_each_gradient_to_one_maximum():
     assert ((z.grad != 0).sum(1) == 1).all()
     winners = z.grad.argmax(1, keepdim=True)
     torch.testing.assert_close(z.detach().gather(1, winners).squeeze(1), out.detach())
+
+
+@pytest.mark.parametrize("pool_first", [True, False])
+@pytest.mark.parametrize("negative_scale", [False, True])
+def test_export_folds_batch_norm_where_exact(pool_first, negative_scale):
+    import onnx
+    import onnxruntime as ort
+
+    from lenet_cli.onnx_io import export_model_proto
+
+    torch.manual_seed(0)
+    m = model_mod.build_model(model_mod.ModelConfig(pool_first=pool_first))
+    with torch.no_grad():  # batch norm as after training: running statistics, scales of both signs
+        for bn in (m.bn1, m.bn3):
+            bn.running_mean.uniform_(-1, 1)
+            bn.running_var.uniform_(0.5, 2)
+            bn.weight.uniform_(0.5, 1.5)
+            bn.bias.uniform_(-0.5, 0.5)
+        if negative_scale:
+            m.bn3.weight[3] = -0.7
+    m.eval()
+    x = torch.rand(16, 1, 28, 28) * 255
+    with torch.no_grad():
+        expected = m(x)
+        torch.testing.assert_close(model_mod.for_inference(m)(x), expected, rtol=1e-4, atol=1e-4)
+    proto = export_model_proto(m)
+    ops = {n.op_type for n in proto.graph.node}
+    # After a max pool, a negative scale does not commute with max: that model keeps its batch norm.
+    assert ("BatchNormalization" in ops) == (pool_first and negative_scale)
+    session = ort.InferenceSession(proto.SerializeToString(), providers=["CPUExecutionProvider"])
+    got = session.run(None, {session.get_inputs()[0].name: x.numpy()})[0]
+    np.testing.assert_allclose(got, expected.numpy(), rtol=1e-4, atol=1e-4)
+    assert m.fast_cpu_kernels  # export switches them off for the graph only
+    onnx.checker.check_model(proto)
 
 
 def test_pool_first_is_modern_and_missing_means_pool_last():
