@@ -186,6 +186,7 @@ def load_checkpoint(path: Path) -> TrainState:
         )
         if state.model_config.preset != cfg.preset:
             raise ValueError(f"model config of preset {state.model_config.preset!r} in a {cfg.preset!r} run")
+        _check_model(state)
         _check_structure(state)
     except (KeyError, TypeError, ValueError, AttributeError, IndexError) as exc:
         raise WeightsError(f"{path} is a damaged checkpoint ({first_line(exc)}).", hint) from exc
@@ -207,6 +208,27 @@ def _train_config(data: Any) -> "TrainConfig":
     except UsageError as exc:
         raise ValueError(f"invalid config: {exc.message}") from None
     return cfg
+
+
+def _check_model(state: TrainState) -> None:
+    """The saved model config must build a model whose tensors are the saved ones (ValueError otherwise).
+
+    Built on the meta device (no memory), so an edited config can neither crash training
+    later nor allocate gigabytes now.
+    """
+    import torch
+
+    from lenet_cli.model import build_model
+    from lenet_cli.weights import _mismatch
+
+    try:
+        with torch.device("meta"):
+            reference = build_model(state.model_config).state_dict()
+    except (KeyError, TypeError, RuntimeError) as exc:
+        raise ValueError(f"model config cannot be built: {first_line(exc)}") from None
+    problem = _mismatch(reference, state.model)
+    if problem:
+        raise ValueError(f"model tensors do not match the model config: {problem}")
 
 
 def _check_structure(state: TrainState) -> None:

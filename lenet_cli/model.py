@@ -92,7 +92,12 @@ class ModelConfig:
 
     def to_json(self) -> str:
         """Serialise for a weights file's metadata."""
-        return json.dumps(dataclasses.asdict(self), sort_keys=True)
+        data = dataclasses.asdict(self)
+        if not self.pool_first:
+            # Absent means pool last (see from_json): such files stay readable by lenet 0.1.0,
+            # which refuses keys it does not know.
+            del data["pool_first"]
+        return json.dumps(data, sort_keys=True)
 
     @classmethod
     def from_json(cls, text: str) -> "ModelConfig":
@@ -197,18 +202,19 @@ def _pool(cfg: ModelConfig, channels: int) -> nn.Module:
 
 
 def _max_over_phases(z: torch.Tensor) -> torch.Tensor:
-    """max over dim 1 (the four 2x2 phases) as b + relu(a - b) trees.
+    """max over dim 1 (the four 2x2 phases, in raster order) as a + relu(b - a) trees.
 
-    The same values as z.amax(1); the gradient goes to one maximum, as max pooling's does.
-    On the CPU its backward is three ReLU masks, where amax's backward (an equality mask,
-    a count of ties and a broadcast divide) costs a quarter of the whole training step.
+    Equal to z.amax(1) up to rounding. The gradient goes to one maximum, the first in raster
+    order on ties, exactly where max pooling sends it (relu passes no gradient at 0). On the
+    CPU its backward is three ReLU masks, where amax's backward (an equality mask, a count of
+    ties and a broadcast divide) costs a quarter of the whole training step.
     """
     if not z.requires_grad:
         return z.amax(1)  # inference: one pass, no backward to make cheap
     z0, z1, z2, z3 = z.unbind(1)
-    m01 = z1 + torch.relu(z0 - z1)
-    m23 = z3 + torch.relu(z2 - z3)
-    return m23 + torch.relu(m01 - m23)
+    m01 = z0 + torch.relu(z1 - z0)
+    m23 = z2 + torch.relu(z3 - z2)
+    return m01 + torch.relu(m23 - m01)
 
 
 def _channels_last_max_pool(x: torch.Tensor) -> torch.Tensor:
@@ -258,10 +264,8 @@ class LeNet5(nn.Module):
 
     @property
     def _polyphase_ok(self) -> bool:
-        """C1 block is conv(5x5, pad 2) and 2x2 max pool, with the pool where a max over phases gives it."""
-        c = self.cfg
-        # Pooling first, any activation works; otherwise the activation must commute with max (ReLU).
-        return not c.pad_to_32 and c.pooling == "max" and (c.pool_first or c.activation == "relu")
+        """The C1 block is a 5x5 conv with padding 2 and a 2x2 max pool (first or last, any activation)."""
+        return not self.cfg.pad_to_32 and self.cfg.pooling == "max"
 
     def _c1_block_polyphase(self, x: torch.Tensor) -> torch.Tensor:
         """The C1 block on the CPU, as one 3x3 convolution over the image's 2x2 phases.
@@ -270,8 +274,8 @@ class LeNet5(nn.Module):
         the four output phases of the 5x5 convolution is then a 3x3 convolution over them, so
         one convolution with 4 inputs and 4*C1 outputs computes C1 at every pixel, and the
         2x2 max pool becomes a max over the four output phases. Same function, same parameters
-        and buffers (batch norm before the pool sees the same B*28*28 values per channel, and
-        ReLU commutes with max). It exists because oneDNN pads a 1-channel input to 8 channels
+        and buffers (batch norm before the pool sees the same B*28*28 values per channel, and the
+        activation is applied at every pixel before the max). It exists because oneDNN pads a 1-channel input to 8 channels
         and reorders it on every forward and backward pass (training: 30% faster per step;
         inference: ~2x). ONNX export uses the plain layers.
         """
@@ -355,10 +359,11 @@ def for_inference(model: LeNet5) -> LeNet5:
 
     Batch norm in eval mode is a per-channel affine map s*z + t. Folded into the conv before
     it (weights times s, bias s*b + t), it disappears from the graph. After a max pool
-    (pool-first blocks) that is exact only when every s > 0, because max(s*z) = s*max(z) needs
-    s >= 0; then the block can also run as conv -> ReLU -> pool (ReLU commutes with max),
-    the order onnxruntime fuses into one kernel. Otherwise the model is returned as it is.
-    Used for ONNX export: the graph is Conv -> ReLU -> MaxPool, with no BatchNormalization.
+    (pool-first blocks) that is exact only when s*max(z) = max(s*z), i.e. s >= 0; we fold
+    when every s > 0, and then the block can also run as conv -> ReLU -> pool (ReLU commutes
+    with max), which onnxruntime fuses into one kernel. Pool-last blocks always fold. When a
+    pool-first model has a scale <= 0, it is returned as it is, batch norm and all.
+    Used for ONNX export, so the usual graph is Conv -> ReLU -> MaxPool.
     """
     cfg = model.cfg
     if not (cfg.batch_norm and cfg.pooling == "max" and cfg.activation == "relu"):

@@ -161,7 +161,10 @@ def export_model_proto(model, opset: int = DEFAULT_OPSET):
 
     from lenet_cli.model import for_inference
 
-    model = for_inference(model.to("cpu").eval())  # batch norm folded into the convolutions
+    try:
+        model = for_inference(model.to("cpu").eval())  # batch norm folded into the convolutions
+    except ValueError as exc:
+        raise ExportError(f"Could not prepare the model for export: {first_line(exc)}") from exc
     fast = getattr(model, "fast_cpu_kernels", False)
     example = torch.zeros(2, 1, 28, 28)
     batch = torch.export.Dim("batch", min=1, max=1 << 20)

@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 
 from lenet_cli import data, devices, model as model_mod, weights as weights_mod
 from lenet_cli.errors import DataError, DeviceError, ImageError, UsageError, WeightsError
@@ -59,6 +60,7 @@ def test_model_config_json_roundtrip_and_unknown_keys():
     {"batch_norm": False},
     {"batch_norm": False, "pool_first": False},
     {"activation": "scaled_tanh"},
+    {"activation": "scaled_tanh", "pool_first": False},
 ])
 def test_fast_cpu_kernels_match_plain_layers(overrides):
     """The polyphase C1 block and the channels-last pool compute the plain layers' function and gradients."""
@@ -86,19 +88,20 @@ def test_fast_cpu_kernels_match_plain_layers(overrides):
         torch.testing.assert_close(fast, m(x), rtol=1e-5, atol=1e-5)
 
 
-def test_max_over_phases_routes_each_gradient_to_one_maximum():
-    z = torch.randn(5, 4, 3, 7, 7)
-    z[:, :, 0] = 1.0  # ties across all four phases
-    z.requires_grad_(True)
-    out = model_mod._max_over_phases(z)
-    torch.testing.assert_close(out, z.amax(1))
-    g = torch.rand_like(out) + 0.5
-    out.backward(g)
-    # Each output's gradient lands whole on one of its four inputs, which holds the maximum.
-    torch.testing.assert_close(z.grad.sum(1), g)
-    assert ((z.grad != 0).sum(1) == 1).all()
-    winners = z.grad.argmax(1, keepdim=True)
-    torch.testing.assert_close(z.detach().gather(1, winners).squeeze(1), out.detach())
+def test_max_over_phases_is_max_pooling_with_its_gradient():
+    """On the 2x2 phases of an image, the phase max is max_pool2d: values, and gradients on ties too."""
+    torch.manual_seed(0)
+    img = torch.randn(5, 3, 14, 14)
+    img[:, 0] = 1.0  # every window ties
+    img[:, 1, :, ::2] = img[:, 1, :, 1::2]  # ties between columns
+    img.requires_grad_(True)
+    # z[:, 2*a + d, c, i, j] = img[:, c, 2*i + a, 2*j + d]: phase (a, d) in raster order
+    z = img.view(5, 3, 7, 2, 7, 2).permute(0, 3, 5, 1, 2, 4).reshape(5, 4, 3, 7, 7)
+    g = torch.rand(5, 3, 7, 7) + 0.5
+    (grad_phases,) = torch.autograd.grad(model_mod._max_over_phases(z), img, g)
+    (grad_pool,) = torch.autograd.grad(F.max_pool2d(img, 2), img, g)
+    torch.testing.assert_close(model_mod._max_over_phases(z), F.max_pool2d(img, 2))
+    assert torch.equal(grad_phases, grad_pool)
 
 
 @pytest.mark.parametrize("pool_first", [True, False])
@@ -141,6 +144,10 @@ def test_pool_first_is_modern_and_missing_means_pool_last():
     old = json.loads(model_mod.PRESETS["modern"].to_json())
     del old["pool_first"]  # a weights file written by lenet 0.1.0
     assert not model_mod.ModelConfig.from_json(json.dumps(old)).pool_first
+    # Pool-last configs are written without the key, as lenet 0.1.0 wrote (and reads) them.
+    pool_last = model_mod.ModelConfig(pool_first=False)
+    assert "pool_first" not in json.loads(pool_last.to_json())
+    assert model_mod.ModelConfig.from_json(pool_last.to_json()) == pool_last
     # The two orders are different functions of the same parameters.
     torch.manual_seed(0)
     a = model_mod.build_model(model_mod.ModelConfig(pool_first=True)).eval()
@@ -151,6 +158,39 @@ def test_pool_first_is_modern_and_missing_means_pool_last():
         b.bn1.weight.copy_(a.bn1.weight)
         x = torch.rand(4, 1, 28, 28) * 255
         assert not torch.allclose(a(x), b(x))
+
+
+def test_keep_freed_memory_is_a_no_op_off_linux(monkeypatch):
+    import ctypes
+
+    from lenet_cli import train as train_mod
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("libc must not be loaded here")
+
+    monkeypatch.setattr(ctypes, "CDLL", refuse)
+    monkeypatch.setattr(train_mod.sys, "platform", "darwin")
+    train_mod.keep_freed_memory()
+    monkeypatch.setattr(train_mod.sys, "platform", "linux")
+    monkeypatch.setattr(ctypes, "CDLL", lambda *a, **k: (_ for _ in ()).throw(OSError("no glibc")))
+    train_mod.keep_freed_memory()  # musl and friends: nothing to tune, no error
+
+
+def test_plots_do_not_import_pyplot(tmp_path):
+    """Figures are drawn without pyplot's global state (no figure to close or leak)."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys; from pathlib import Path; from lenet_cli import plots; from lenet_cli.train import EpochRecord\n"
+        "h = [EpochRecord(i, 1 / i, 0.9, 1 / i, 0.9, 0.1, 1.0, 1.0) for i in (1, 2)]\n"
+        f"plots.save_training_curves(h, Path({str(tmp_path / 'c.png')!r}))\n"
+        f"plots.save_confusion_matrix([[5, 1], [0, 7]], Path({str(tmp_path / 'm.png')!r}))\n"
+        "print('matplotlib.pyplot' in sys.modules)\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False"
+    assert (tmp_path / "c.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
 # ------------------------------------------------------------------ devices
@@ -337,6 +377,7 @@ def test_bundled_weights_load():
     path = weights_mod.bundled_weights_path()
     m, info = weights_mod.load_model(path)
     assert info.config.preset == "modern"
+    assert not info.config.pool_first  # a lenet 0.1.0 file: no pool_first key, so pool last
     assert info.metrics["test_accuracy"] >= 0.993
 
 

@@ -122,8 +122,10 @@ def _rewrite_header(path: Path, edit) -> None:
     lambda h: h.update(epochs_done=-1),
     lambda h: h["model_config"].update(preset="classic"),
     lambda h: h["model_config"].update(c1="6"),
+    lambda h: h["model_config"].update(activation="gelu"),
+    lambda h: h["model_config"].update(c5=10**9),  # must fail on the meta device, not allocate
 ], ids=["epochs-string", "batch-float", "epochs-zero", "history-list", "scheduler-list", "step-no-perm",
-        "negative-epoch", "model-of-other-preset", "model-width-string"])
+        "negative-epoch", "model-of-other-preset", "model-width-string", "unknown-activation", "huge-layer"])
 def test_hand_edited_checkpoints_are_clear_errors(splits, tmp_path, edit):
     ckpt = tmp_path / CHECKPOINT_NAME
     train(TrainConfig(**{**CFG.to_dict(), "epochs": 1}), *splits, CPU, on_checkpoint=lambda s: save_checkpoint(ckpt, s))
@@ -145,6 +147,11 @@ def test_checkpoint_of_a_pool_last_model_resumes_that_model(splits, tmp_path):
     resumed = train(cfg, *splits, CPU, resume=state)
     assert not resumed.model.cfg.pool_first
     assert len(resumed.history) == 2
+    from lenet_cli.train import save_run
+    from lenet_cli.weights import load_model
+
+    files = save_run(resumed, cfg, tmp_path / "run")
+    assert not load_model(files["best"])[1].config.pool_first
 
 
 @pytest.mark.parametrize("damage", ["truncate", "garbage", "weights-file"])
