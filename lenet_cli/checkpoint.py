@@ -211,19 +211,11 @@ def _train_config(data: Any) -> "TrainConfig":
 
 
 def _check_model(state: TrainState) -> None:
-    """The saved model config must build a model whose tensors are the saved ones (ValueError otherwise).
-
-    Built on the meta device (no memory), so an edited config can neither crash training
-    later nor allocate gigabytes now.
-    """
-    import torch
-
-    from lenet_cli.model import build_model
-    from lenet_cli.weights import _mismatch
+    """The saved model config must build a model whose tensors are the saved ones (ValueError otherwise)."""
+    from lenet_cli.weights import _mismatch, reference_tensors
 
     try:
-        with torch.device("meta"):
-            reference = build_model(state.model_config).state_dict()
+        reference = reference_tensors(state.model_config)
     except (KeyError, TypeError, RuntimeError) as exc:
         raise ValueError(f"model config cannot be built: {first_line(exc)}") from None
     problem = _mismatch(reference, state.model)

@@ -274,10 +274,10 @@ class LeNet5(nn.Module):
         the four output phases of the 5x5 convolution is then a 3x3 convolution over them, so
         one convolution with 4 inputs and 4*C1 outputs computes C1 at every pixel, and the
         2x2 max pool becomes a max over the four output phases. Same function, same parameters
-        and buffers (batch norm before the pool sees the same B*28*28 values per channel, and the
-        activation is applied at every pixel before the max). It exists because oneDNN pads a 1-channel input to 8 channels
-        and reorders it on every forward and backward pass (training: 30% faster per step;
-        inference: ~2x). ONNX export uses the plain layers.
+        and buffers (batch norm before the pool sees the same B*28*28 values per channel, and
+        the activation is applied at every pixel before the max). It exists because oneDNN pads
+        a 1-channel input to 8 channels and reorders it on every forward and backward pass
+        (training: 30% faster per step; inference: ~2x). ONNX export uses the plain layers.
         """
         b = x.shape[0]
         w = self.c1.weight  # (C, 1, 5, 5)

@@ -192,10 +192,7 @@ def load_model(path: Path, device: "torch.device | str" = "cpu") -> tuple["LeNet
     info, tensors = read_info(path)
     preset = info.config.preset
     try:
-        # The config comes from the file: check it against the file's tensors on the meta device
-        # first (no memory), so that an edited config can neither crash nor allocate gigabytes.
-        with torch.device("meta"):
-            reference = build_model(info.config).state_dict()
+        reference = reference_tensors(info.config)
     except (ValueError, KeyError, TypeError, RuntimeError) as exc:
         raise WeightsError(f"{path} describes a model this version cannot build ({first_line(exc, 200)}).",
                            "Re-create it with `lenet train`.") from exc
@@ -224,6 +221,20 @@ def load_model(path: Path, device: "torch.device | str" = "cpu") -> tuple["LeNet
         ) from exc
     model.eval()
     return model.to(device), info
+
+
+def reference_tensors(cfg: "ModelConfig") -> dict[str, "torch.Tensor"]:
+    """The state dict a config builds, on the meta device: names and shapes, no memory.
+
+    Configs come from files, so they are checked against the file's tensors this way first:
+    an edited config can neither crash later nor allocate gigabytes now.
+    """
+    import torch
+
+    from lenet_cli.model import build_model
+
+    with torch.device("meta"):
+        return build_model(cfg).state_dict()
 
 
 def _mismatch(expected: dict[str, "torch.Tensor"], tensors: dict[str, "torch.Tensor"]) -> str:
