@@ -360,7 +360,7 @@ def bench_training(preset: str, device, cfg: BenchConfig, peak: float | None = N
         state["i"] += 1
         x = augment_batch(x_all[i * bs : (i + 1) * bs].unsqueeze(1).float(), tcfg, gen)
         loss = F.cross_entropy(model(x), y_all[i * bs : (i + 1) * bs])
-        opt.zero_grad(set_to_none=True)
+        opt.zero_grad()
         loss.backward()
         opt.step()
         sched.step()

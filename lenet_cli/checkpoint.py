@@ -11,7 +11,8 @@ bookkeeping come from different moments.
   examples, when the run stopped mid-epoch) and `epoch.sums` (running loss/accuracy sums).
 * metadata `lenet_checkpoint`: JSON with the training config, the model config, the
   position (epoch, step), the history, the best epoch, the optimizer's param groups and
-  the learning-rate schedule's state.
+  the learning-rate schedule's state. The optimizer and schedule state follow torch.optim's
+  layout, so checkpoints of lenet 0.1.0 (which used torch.optim) resume, and the other way round.
 
 Opening an untrusted checkpoint can at worst fail with a clear error: safetensors
 holds raw arrays and the rest is parsed as JSON.
@@ -44,8 +45,8 @@ class TrainState:
     epochs_done: int  # completed epochs
     step: int  # steps done in epoch `epochs_done + 1` (0: at an epoch boundary)
     model: dict[str, "torch.Tensor"]
-    optimizer: dict[str, Any]  # torch optimizer state_dict
-    scheduler: dict[str, Any]  # torch lr_scheduler state_dict
+    optimizer: dict[str, Any]  # optimizer state_dict, in torch.optim's layout (lenet_cli.optim)
+    scheduler: dict[str, Any]  # schedule state_dict, in torch.optim.lr_scheduler's field names
     rng_shuffle: "torch.Tensor"
     rng_torch: "torch.Tensor"
     rng_cuda: "torch.Tensor | None"

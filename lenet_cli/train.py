@@ -29,6 +29,7 @@ if TYPE_CHECKING:  # pragma: no cover
     from lenet_cli.checkpoint import TrainState
     from lenet_cli.data import MnistSplit
     from lenet_cli.model import LeNet5
+    from lenet_cli.optim import Constant, FlatOptimizer, OneCycle
 
 
 @dataclass(frozen=True)
@@ -183,28 +184,22 @@ def augment_batch(x: "torch.Tensor", cfg: TrainConfig, gen: "torch.Generator") -
     return F.grid_sample(x, torch.stack([gx, gy], -1), mode="bilinear", padding_mode="zeros", align_corners=False)
 
 
-def _optimizer(model: "LeNet5", cfg: TrainConfig) -> "torch.optim.Optimizer":
-    import torch
+def _optimizer(model: "LeNet5", cfg: TrainConfig) -> "FlatOptimizer":
+    from lenet_cli.optim import FlatOptimizer
 
     # No weight decay on biases and norm parameters: decaying them only hurts.
     decay = [p for n, p in model.named_parameters() if p.ndim > 1]
     no_decay = [p for n, p in model.named_parameters() if p.ndim <= 1]
     groups = [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
-    if cfg.optimizer == "sgd":
-        return torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum, nesterov=True)
-    # The fused kernel updates every parameter in one pass: a third of the step's optimizer cost on the CPU.
-    fused = all(p.device.type in ("cpu", "cuda") for p in model.parameters())
-    return torch.optim.AdamW(groups, lr=cfg.lr, fused=fused or None)
+    return FlatOptimizer(groups, cfg.optimizer, cfg.lr, momentum=cfg.momentum)
 
 
-def _scheduler(opt: "torch.optim.Optimizer", cfg: TrainConfig, steps_per_epoch: int):
-    import torch
+def _scheduler(opt: "FlatOptimizer", cfg: TrainConfig, steps_per_epoch: int) -> "OneCycle | Constant":
+    from lenet_cli.optim import Constant, OneCycle
 
     if cfg.schedule == "constant":
-        return torch.optim.lr_scheduler.LambdaLR(opt, lambda _: 1.0)
-    return torch.optim.lr_scheduler.OneCycleLR(
-        opt, max_lr=cfg.lr, epochs=cfg.epochs, steps_per_epoch=steps_per_epoch, pct_start=0.2
-    )
+        return Constant(opt)
+    return OneCycle(opt, cfg.lr, cfg.epochs * steps_per_epoch, pct_start=0.2)
 
 
 class StopSignal:
@@ -407,7 +402,7 @@ def train(
                     x = augment_batch(x, cfg, gen)
                 logits = model(x)
                 loss = F.cross_entropy(logits, y, label_smoothing=cfg.label_smoothing)
-                opt.zero_grad(set_to_none=True)
+                opt.zero_grad()
                 loss.backward()
                 opt.step()
                 sched.step()
