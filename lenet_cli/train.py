@@ -344,7 +344,7 @@ def train(
             torch.set_rng_state(resume.rng_torch)
             if device.type == "cuda" and resume.rng_cuda is not None:
                 torch.cuda.set_rng_state(resume.rng_cuda, device)
-        except (RuntimeError, ValueError, KeyError, TypeError, AttributeError, IndexError) as exc:
+        except (RuntimeError, ValueError, KeyError, TypeError, AttributeError, IndexError, ArithmeticError) as exc:
             from lenet_cli.errors import WeightsError, first_line
 
             raise WeightsError(f"The checkpoint does not fit this model or optimizer ({first_line(exc)}).",
@@ -444,9 +444,14 @@ def train(
         history.append(record)
         observer.on_epoch_end(record)
         last_state = _cpu_state(model)
-        # Model selection uses the validation split only; without one, the last epoch wins.
+        # Model selection: the epoch with the best validation accuracy (never the test set);
+        # without a validation split, the last epoch. A finished one-cycle run ends at a learning
+        # rate near zero, where the model is at its best, so its last epoch is its result: an
+        # earlier epoch's higher validation accuracy is mostly noise at this scale (5,000 images:
+        # a standard error of ~0.13 points).
         score = record.val_acc if val else float(epoch)
-        if score > best_score:
+        finished_cycle = cfg.schedule == "onecycle" and epoch == cfg.epochs
+        if finished_cycle or score > best_score:
             best_score, best_epoch, best_state = score, epoch, last_state
         if on_checkpoint is not None:
             on_checkpoint(snapshot(epoch, 0))

@@ -167,3 +167,40 @@ def test_training_does_not_import_the_compiler(tiny_mnist):
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip().endswith("NODYNAMO"), out.stdout + out.stderr
+
+
+@pytest.mark.parametrize("total", [1, 2, 4, 6, 60, 859])
+@pytest.mark.parametrize("kind", ["adamw", "sgd"])
+def test_one_cycle_rates_equal_torch_at_every_step(total, kind):
+    """Learning rate and momentum (AdamW's beta1) at every step, the one past the end included."""
+    ours = FlatOptimizer([{"params": [torch.nn.Parameter(torch.zeros(2))]}], kind, 1e-3)
+    sched = OneCycle(ours, 6e-3, total, pct_start=0.2)
+    ref_opt = (torch.optim.AdamW if kind == "adamw" else torch.optim.SGD)([torch.nn.Parameter(torch.zeros(2))], lr=1e-3)
+    ref = torch.optim.lr_scheduler.OneCycleLR(ref_opt, max_lr=6e-3, total_steps=total, pct_start=0.2)
+    key = "betas" if kind == "adamw" else "momentum"
+    for _ in range(total + 1):
+        assert ours.param_groups[0]["lr"] == pytest.approx(ref_opt.param_groups[0]["lr"], rel=1e-12, abs=1e-15)
+        assert ours.param_groups[0][key] == pytest.approx(ref_opt.param_groups[0][key], rel=1e-12)
+        if sched.last_epoch < total:
+            ref_opt.step()  # torch warns when the schedule steps before the optimizer
+            sched.step()
+            ref.step()
+
+
+def test_a_five_step_schedule_warms_up_in_no_time():
+    """pct_start * 5 steps = one step: torch's OneCycleLR divides by zero there; this one is at its peak."""
+    opt = FlatOptimizer([{"params": [torch.nn.Parameter(torch.zeros(2))]}], "adamw", 1e-3)
+    sched = OneCycle(opt, 6e-3, 5, pct_start=0.2)
+    rates = [opt.param_groups[0]["lr"]]
+    for _ in range(4):
+        sched.step()
+        rates.append(opt.param_groups[0]["lr"])
+    assert rates[0] == pytest.approx(6e-3) and rates == sorted(rates, reverse=True)
+
+
+def test_a_parameter_moved_off_the_buffer_is_an_error():
+    model = build_model("modern")
+    opt = _optimizer(model, TrainConfig())
+    model.to(torch.float64)  # new storage for every parameter: updates would no longer reach them
+    with pytest.raises(RuntimeError, match="buffer"):
+        opt.zero_grad()

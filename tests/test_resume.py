@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import signal
@@ -17,6 +18,7 @@ from safetensors.torch import load_file
 from lenet_cli.checkpoint import CHECKPOINT_NAME, load_checkpoint, save_checkpoint
 from lenet_cli.data import load_split, train_val_split
 from lenet_cli.errors import WeightsError
+from lenet_cli.model import build_model
 from lenet_cli.train import StopSignal, TrainConfig, TrainObserver, train
 
 CPU = torch.device("cpu")
@@ -152,6 +154,63 @@ def test_checkpoint_of_a_pool_last_model_resumes_that_model(splits, tmp_path):
 
     files = save_run(resumed, cfg, tmp_path / "run")
     assert not load_model(files["best"])[1].config.pool_first
+
+
+def test_checkpoint_with_torch_optim_state_resumes_exactly(splits, uninterrupted, tmp_path):
+    """Development builds of lenet 0.1.0 wrote torch.optim's fused AdamW and OneCycleLR state."""
+    stop = StopSignal()
+    ckpt = tmp_path / CHECKPOINT_NAME
+    train(CFG, *splits, CPU, StopAt(stop, 2, 3), stop=stop, on_checkpoint=lambda s: save_checkpoint(ckpt, s))
+    state = load_checkpoint(ckpt)
+    # Pass the optimizer and schedule state through torch.optim, as if torch.optim had written it.
+    model = build_model(state.model_config)
+    groups = [{"params": [p for p in model.parameters() if p.ndim > 1], "weight_decay": CFG.weight_decay},
+              {"params": [p for p in model.parameters() if p.ndim <= 1], "weight_decay": 0.0}]
+    opt = torch.optim.AdamW(groups, lr=CFG.lr, fused=True)
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=CFG.lr, epochs=CFG.epochs, steps_per_epoch=8, pct_start=0.2)
+    opt.load_state_dict(state.optimizer)
+    sched.load_state_dict(state.scheduler)
+    torch_written = dataclasses.replace(state, optimizer=opt.state_dict(), scheduler=sched.state_dict())
+    assert "_schedule_phases" in torch_written.scheduler  # torch.optim's own fields
+    save_checkpoint(ckpt, torch_written)
+    resumed = train(CFG, *splits, CPU, resume=load_checkpoint(ckpt))
+    assert_same_states(uninterrupted.last_state, resumed.last_state)
+
+
+@pytest.mark.parametrize("edit", [
+    lambda h: h["optimizer_param_groups"][0].update(lr="0.01"),
+    lambda h: h["optimizer_param_groups"][0].update(betas=[0.9]),
+    lambda h: h["optimizer_param_groups"][1].update(eps=None),
+    lambda h: h["optimizer_param_groups"].pop(),
+    lambda h: h["scheduler"].update(last_epoch=-1),
+    lambda h: h["scheduler"].update(last_epoch=10**6),
+    lambda h: h["scheduler"].update(last_epoch="3"),
+    lambda h: h["scheduler"].update(total_steps=99),
+    lambda h: h["scheduler"].pop("last_epoch"),
+    lambda h: h["optimizer_state_keys"]["0"].pop("exp_avg_sq"),
+    lambda h: h["optimizer_state_keys"].pop("3"),
+    lambda h: h["optimizer_state_keys"]["0"].update(step="0"),
+    lambda h: h["optimizer_state_keys"]["0"].update(step="1e400"),
+], ids=["lr-string", "one-beta", "eps-null", "one-group", "schedule-negative", "schedule-past-end",
+        "schedule-string", "schedule-other-length", "schedule-no-position", "no-second-moment",
+        "parameter-without-state", "step-zero", "step-overflow"])
+def test_hand_edited_optimizer_state_is_a_clear_error(splits, tmp_path, edit):
+    ckpt = tmp_path / CHECKPOINT_NAME
+    cfg = TrainConfig(**{**CFG.to_dict(), "epochs": 2})
+    stop = StopSignal()
+    train(cfg, *splits, CPU, StopAt(stop, 1, 8), stop=stop, on_checkpoint=lambda s: save_checkpoint(ckpt, s))
+    _rewrite_header(ckpt, edit)
+    with pytest.raises(WeightsError, match="checkpoint"):
+        train(cfg, *splits, CPU, resume=load_checkpoint(ckpt))
+
+
+def test_a_finished_one_cycle_run_keeps_its_last_epoch(splits, uninterrupted):
+    """The schedule's end is the result; with a constant rate, validation accuracy picks the epoch."""
+    assert uninterrupted.best_epoch == CFG.epochs
+    assert_same_states(uninterrupted.best_state, uninterrupted.last_state)
+    constant = train(TrainConfig(**{**CFG.to_dict(), "schedule": "constant", "lr": 1e-3}), *splits, CPU)
+    accs = [r.val_acc for r in constant.history]
+    assert constant.best_epoch == accs.index(max(accs)) + 1
 
 
 @pytest.mark.parametrize("damage", ["truncate", "garbage", "weights-file"])
