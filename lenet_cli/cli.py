@@ -205,9 +205,11 @@ def train(
 ) -> None:
     """Train LeNet-5 on MNIST and save the weights as safetensors.
 
-    Holds out --val-size training images to pick the best epoch; the 10,000 test
-    images are only used for the final report. Writes best.safetensors,
-    last.safetensors, history.csv, history.json and curves.png.
+    Holds out --val-size training images to measure every epoch. best.safetensors
+    is the last epoch of a finished run (the one-cycle schedule ends at its best);
+    a stopped run keeps the epoch with the best validation accuracy. The 10,000
+    test images are only used for the final report. Also writes last.safetensors,
+    history.csv, history.json and curves.png.
     """
     from lenet_cli import console
     from lenet_cli.train import TrainConfig

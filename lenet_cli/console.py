@@ -67,7 +67,7 @@ def epoch_table(history: list["EpochRecord"], best_epoch: int | None = None) -> 
             f"{r.images_per_s:,.0f}",
         )
     if best_epoch:
-        table.caption = "* best validation accuracy (these weights are saved as best.safetensors)"
+        table.caption = "* best.safetensors: a finished run's last epoch, else the best val acc"
     return table
 
 

@@ -110,7 +110,7 @@ class TrainResult:
 
     @property
     def best(self) -> EpochRecord | None:
-        """The epoch with the best validation accuracy (last epoch when there is no validation set)."""
+        """The epoch saved as best.safetensors (see the model selection at the end of each epoch in `train`)."""
         return next((r for r in self.history if r.epoch == self.best_epoch), None)
 
 
