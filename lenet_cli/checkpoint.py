@@ -12,7 +12,8 @@ bookkeeping come from different moments.
 * metadata `lenet_checkpoint`: JSON with the training config, the model config, the
   position (epoch, step), the history, the best epoch, the optimizer's param groups and
   the learning-rate schedule's state. The optimizer and schedule state follow torch.optim's
-  layout, so checkpoints of lenet 0.1.0 (which used torch.optim) resume, and the other way round.
+  layout, so checkpoints written while training still used torch.optim resume, and torch.optim
+  can load the state of today's checkpoints.
 
 Opening an untrusted checkpoint can at worst fail with a clear error: safetensors
 holds raw arrays and the rest is parsed as JSON.

@@ -173,13 +173,13 @@ class FlatOptimizer:
         with torch.no_grad():
             exp_avg = torch.zeros_like(self.exp_avg)
             exp_avg_sq = None if self.exp_avg_sq is None else torch.zeros_like(self.exp_avg_sq)
+            bufs = [exp_avg] if self.kind == "sgd" else [exp_avg, exp_avg_sq]  # in the order of `names`
             for i, (p, span) in enumerate(zip(self.params, self._spans)):
                 if state:
                     entry = state[i]
                     missing = [k for k in names if k not in entry]
                     if missing:
                         raise ValueError(f"optimizer state of parameter {i} lacks {missing}")
-                    bufs = [exp_avg] if self.kind == "sgd" else [exp_avg, exp_avg_sq]
                     for name, buf in zip(names, bufs):
                         value = entry[name]
                         if tuple(value.shape) != tuple(p.shape):
