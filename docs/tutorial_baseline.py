@@ -37,6 +37,8 @@ def main() -> int:
     from torch.utils.data import DataLoader
     from torchvision import datasets, transforms
 
+    from lenet_cli.tutorial import tutorial_lenet
+
     torch.manual_seed(args.seed)
     names = ("train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")
     with tempfile.TemporaryDirectory(prefix="lenet-tutorial-") as tmp:
@@ -52,11 +54,7 @@ def main() -> int:
         train_set = datasets.MNIST(tmp, train=True, download=False, transform=tf)
         test_set = datasets.MNIST(tmp, train=False, download=False, transform=tf)
 
-        model = nn.Sequential(
-            nn.Conv2d(1, 6, 5, padding=2), nn.ReLU(), nn.MaxPool2d(2),
-            nn.Conv2d(6, 16, 5), nn.ReLU(), nn.MaxPool2d(2),
-            nn.Flatten(), nn.Linear(400, 120), nn.ReLU(), nn.Linear(120, 84), nn.ReLU(), nn.Linear(84, 10),
-        )
+        model = tutorial_lenet()  # the same model `lenet bench` times as the tutorial pipeline
         opt = torch.optim.Adam(model.parameters(), lr=1e-3)
         loss_fn = nn.CrossEntropyLoss()
         train_loader = DataLoader(train_set, batch_size=args.batch_size, shuffle=True)

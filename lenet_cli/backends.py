@@ -1,6 +1,6 @@
 """Inference backends with one interface: uint8 digits (N, 28, 28) in, float32 logits (N, 10) out.
 
-* TorchBackend: a safetensors weights file through PyTorch.
+* TorchBackend: a safetensors weights file through PyTorch, on a resolved torch.device.
 * OnnxBackend: an exported .onnx file through onnxruntime; never imports torch.
 """
 
@@ -9,9 +9,18 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
+
+from lenet_cli.devices import DeviceSpec, parse_device, resolve_device
+from lenet_cli.errors import WeightsError
+from lenet_cli.evaluate import torch_logits
+from lenet_cli.onnx_io import make_session, ort_message
+from lenet_cli.weights import load_model
+
+if TYPE_CHECKING:  # pragma: no cover
+    import torch
 
 
 @dataclass
@@ -29,25 +38,22 @@ class Backend:
 
 
 class TorchBackend(Backend):
-    """PyTorch model from a safetensors file."""
+    """PyTorch model from a safetensors file, on `device` (CPU speed paths where they apply)."""
 
-    def __init__(self, path: Path, device_spec: str = "auto") -> None:
-        from lenet_cli.devices import resolve_device
-        from lenet_cli.weights import load_model
+    def __init__(self, path: Path, device: "torch.device") -> None:
+        from lenet_cli.kernels import speed_up  # kernels.py imports torch
 
-        device = resolve_device(device_spec)
         self.model, self.info = load_model(path, device)
+        self.net = speed_up(self.model, device)
         self.torch_device = device
         meta = {"preset": self.info.config.preset, "metrics": self.info.metrics, "param_count": self.info.param_count}
         super().__init__("pytorch", Path(path), str(device), meta)
 
-    def logits_tensor(self, images):
+    def logits_tensor(self, images: "torch.Tensor") -> "torch.Tensor":
         """Torch uint8 (N, 28, 28) on any device -> torch float32 logits on the model's device."""
         import torch
 
-        from lenet_cli.evaluate import torch_logits
-
-        out = torch_logits(self.model, images.to(self.torch_device))
+        out = torch_logits(self.net, images.to(self.torch_device))
         if not bool(torch.isfinite(out).all()):
             raise _broken_scores(self.path)
         return out
@@ -61,10 +67,8 @@ class TorchBackend(Backend):
 class OnnxBackend(Backend):
     """onnxruntime session on an exported model (raw pixels in, logits out)."""
 
-    def __init__(self, path: Path, device_spec: str = "cpu", threads: int | None = None) -> None:
-        from lenet_cli.onnx_io import make_session
-
-        self.session = make_session(Path(path), device_spec, threads=threads)
+    def __init__(self, path: Path, device: str | DeviceSpec = "cpu", threads: int | None = None) -> None:
+        self.session = make_session(Path(path), device, threads=threads)
         self.input_name = self.session.get_inputs()[0].name
         meta = dict(self.session.get_modelmeta().custom_metadata_map)
         parsed: dict[str, Any] = {}
@@ -74,13 +78,10 @@ class OnnxBackend(Backend):
             except ValueError:
                 parsed[k] = v
         providers = self.session.get_providers()
-        device = "cuda" if providers and providers[0] == "CUDAExecutionProvider" else "cpu"
-        super().__init__("onnxruntime", Path(path), device, parsed)
+        kind = "cuda" if providers and providers[0] == "CUDAExecutionProvider" else "cpu"
+        super().__init__("onnxruntime", Path(path), kind, parsed)
 
     def logits(self, images: np.ndarray) -> np.ndarray:
-        from lenet_cli.errors import WeightsError
-        from lenet_cli.onnx_io import ort_message
-
         x = np.ascontiguousarray(images, dtype=np.float32).reshape(-1, 1, 28, 28)
         try:
             out = np.asarray(self.session.run(None, {self.input_name: x})[0])
@@ -97,10 +98,8 @@ class OnnxBackend(Backend):
         return out
 
 
-def _broken_scores(path: Path):
+def _broken_scores(path: Path) -> WeightsError:
     """Scores that are not numbers would print as NaN, which is not even valid JSON."""
-    from lenet_cli.errors import WeightsError
-
     return WeightsError(f"{path} gives NaN or infinite scores: its weights or normalisation are broken.",
                         "Re-create it with `lenet train` (or `lenet export --onnx` for an ONNX file).")
 
@@ -110,17 +109,12 @@ def is_onnx_path(path: Path) -> bool:
     return Path(path).suffix.lower() == ".onnx"
 
 
-def load_backend(path: Path, device_spec: str = "auto") -> Backend:
-    """The right backend for a weights path: .onnx -> onnxruntime, anything else -> PyTorch."""
+def load_backend(path: Path, device: str | DeviceSpec = "auto") -> Backend:
+    """The right backend for a weights path: .onnx -> onnxruntime (auto: the CPU), anything else -> PyTorch.
+
+    The device spec is resolved here, once: into onnxruntime providers or into a torch.device.
+    """
+    spec = parse_device(device)
     if is_onnx_path(path):
-        return OnnxBackend(path, "cpu" if device_spec == "auto" else device_spec)
-    return TorchBackend(path, device_spec)
-
-
-def softmax(logits: np.ndarray) -> np.ndarray:
-    """Row-wise softmax in float64 for stable probabilities."""
-    z = logits.astype(np.float64)
-    z = z - z.max(axis=1, keepdims=True)
-    e = np.exp(z)
-    return e / e.sum(axis=1, keepdims=True)
-
+        return OnnxBackend(path, DeviceSpec("cpu") if spec.is_auto else spec)
+    return TorchBackend(path, resolve_device(spec))

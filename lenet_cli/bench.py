@@ -21,12 +21,22 @@ import tempfile
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable
 
 import numpy as np
 
 from lenet_cli import __version__
 from lenet_cli.errors import first_line
+from lenet_cli.export import export_onnx
+from lenet_cli.onnx_io import make_session
+from lenet_cli.recipe import build_optimizer, build_schedule, keep_freed_memory, train_step
+from lenet_cli.records import TrainConfig
+from lenet_cli.timing import time_calls, time_steps
+from lenet_cli.tutorial import TUTORIAL_BATCH, time_tutorial_steps
+from lenet_cli.weights import load_model
+
+if TYPE_CHECKING:  # pragma: no cover
+    import torch
 
 # LeNet-5 forward multiply-accumulates per image (modern preset; classic is within 1%):
 # C1 6*25*28*28 + C3 16*6*25*10*10 + C5 400*120 + F6 120*84 + out 84*10.
@@ -35,14 +45,13 @@ C1_MACS = 6 * 25 * 28 * 28  # the first layer needs no gradient for its input (t
 # A training step: the forward pass, the weight gradients (same MACs), the input gradients (all but C1).
 TRAIN_FLOPS_PER_IMAGE = 2 * (3 * MACS_PER_IMAGE - C1_MACS)
 TRAIN_EPOCH_IMAGES = 55_000  # MNIST's 60,000 training images minus the default 5,000 held out
-TUTORIAL_BATCH = 64
+
 
 @dataclass(frozen=True)
 class BenchConfig:
     """What `lenet bench` measures."""
 
     batch_sizes: tuple[int, ...] = (1, 64, 1024)
-    device: str = "auto"
     backends: tuple[str, ...] = ("torch", "torch-compile", "onnxruntime")
     min_seconds: float = 1.0  # time budget per (backend, batch size), after warm-up
     warmup: int = 10
@@ -50,7 +59,6 @@ class BenchConfig:
     train_batch_size: int = 256  # lenet train's default
     tutorial: bool = True  # also time the tutorial pipeline
     tutorial_steps: int = 60
-    quick: bool = False
 
 
 @dataclass(frozen=True)
@@ -126,26 +134,6 @@ def _cpu_name() -> str:
     return platform.processor() or platform.machine()
 
 
-def time_calls(fn: Callable[[], Any], warmup: int, min_seconds: float, sync: Callable[[], None] = lambda: None,
-               max_runs: int = 100_000) -> list[float]:
-    """Call fn repeatedly; per-call wall times in seconds after `warmup` untimed calls.
-
-    Runs for at least `min_seconds` and at least 5 calls; every call is timed on its own
-    so the percentiles show jitter, not just the mean.
-    """
-    for _ in range(warmup):
-        fn()
-    sync()
-    times: list[float] = []
-    start = time.perf_counter()
-    while (time.perf_counter() - start < min_seconds or len(times) < 5) and len(times) < max_runs:
-        t0 = time.perf_counter()
-        fn()
-        sync()
-        times.append(time.perf_counter() - t0)
-    return times
-
-
 def summarize_times(backend: str, device: str, batch_size: int, times: list[float],
                     peak_gflops: float | None = None) -> InferenceResult:
     """Percentiles and throughput (from the median) of per-call times."""
@@ -198,15 +186,11 @@ def _variants(backend: str, cuda: bool) -> list[str]:
     return [backend]
 
 
-def run_bench(weights: Path, cfg: BenchConfig, progress: Callable[[str, int, int], None] = lambda *_: None
-              ) -> dict[str, Any]:
-    """Run every measurement and return a JSON-ready report. `progress(label, done, total)` after each."""
+def run_bench(weights: Path, cfg: BenchConfig, device: "torch.device",
+              progress: Callable[[str, int, int], None] = lambda *_: None) -> dict[str, Any]:
+    """Run every measurement on `device` and return a JSON-ready report. `progress(label, done, total)` after each."""
     import torch
 
-    from lenet_cli.devices import resolve_device
-    from lenet_cli.weights import load_model
-
-    device = resolve_device(cfg.device)
     cuda = device.type == "cuda"
     sync = torch.cuda.synchronize if cuda else (lambda: None)
     steps = plan(cfg, cuda)
@@ -295,8 +279,6 @@ def _runner(variant: str, model, weights: Path, device, rng) -> tuple[Callable[[
 
         return make, str(device)
     if variant.startswith("onnxruntime"):
-        from lenet_cli.onnx_io import export_onnx, make_session
-
         on_cuda = variant == "onnxruntime-cuda"
         images = rng.integers(0, 256, (256, 28, 28)).astype(np.uint8)
         # The session holds the model in memory, so the exported file can go at once.
@@ -314,18 +296,6 @@ def _runner(variant: str, model, weights: Path, device, rng) -> tuple[Callable[[
     raise ValueError(f"unknown backend {variant!r}")
 
 
-def _timed_steps(step: Callable[[], None], steps: int, sync: Callable[[], None], warmup: int = 5) -> float:
-    """Seconds for `steps` calls of a training step, after `warmup` untimed ones."""
-    for _ in range(warmup):
-        step()
-    sync()
-    t0 = time.perf_counter()
-    for _ in range(steps):
-        step()
-    sync()
-    return time.perf_counter() - t0
-
-
 def _train_result(pipeline: str, device, bs: int, images: int, seconds: float, steps: int,
                   peak: float | None) -> TrainingResult:
     ips = images / seconds
@@ -334,21 +304,21 @@ def _train_result(pipeline: str, device, bs: int, images: int, seconds: float, s
                           gflops / peak if peak else None)
 
 
-def bench_training(preset: str, device, cfg: BenchConfig, peak: float | None = None) -> TrainingResult:
-    """Images/s of lenet's real training step (augmentation, forward, backward, AdamW, schedule)."""
+def bench_training(preset: str, device: "torch.device", cfg: BenchConfig, peak: float | None = None) -> TrainingResult:
+    """Images/s of lenet's training step, `recipe.train_step` itself, on random MNIST-shaped batches."""
     import torch
-    import torch.nn.functional as F
 
+    from lenet_cli.kernels import speed_up
     from lenet_cli.model import build_model
-    from lenet_cli.train import TrainConfig, _optimizer, _scheduler, augment_batch, keep_freed_memory
 
     bs = cfg.train_batch_size
     if device.type == "cpu":
         keep_freed_memory()
     tcfg = TrainConfig(preset=preset, batch_size=bs)
     model = build_model(preset).to(device).train()
-    opt = _optimizer(model, tcfg)
-    sched = _scheduler(opt, tcfg, 1000)
+    net = speed_up(model, device)  # what `lenet train` runs on this device
+    opt = build_optimizer(model, tcfg, device)
+    sched = build_schedule(opt, tcfg, 1000)
     gen = torch.Generator().manual_seed(0)
     x_all = torch.randint(0, 256, (bs * 8, 28, 28), dtype=torch.uint8, generator=gen).to(device)
     y_all = torch.randint(0, 10, (bs * 8,), generator=gen).to(device)
@@ -358,61 +328,14 @@ def bench_training(preset: str, device, cfg: BenchConfig, peak: float | None = N
     def step() -> None:
         i = state["i"] % 8
         state["i"] += 1
-        x = augment_batch(x_all[i * bs : (i + 1) * bs].unsqueeze(1).float(), tcfg, gen)
-        loss = F.cross_entropy(model(x), y_all[i * bs : (i + 1) * bs])
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-        sched.step()
+        train_step(net, opt, sched, x_all[i * bs : (i + 1) * bs], y_all[i * bs : (i + 1) * bs], tcfg, gen)
 
-    seconds = _timed_steps(step, cfg.train_steps, sync)
+    seconds = time_steps(step, cfg.train_steps, sync)
     return _train_result("lenet", device, bs, cfg.train_steps * bs, seconds, cfg.train_steps, peak)
 
 
-def bench_tutorial(device, cfg: BenchConfig, peak: float | None = None) -> TrainingResult:
-    """Images/s of the pipeline LeNet tutorials use, on random MNIST-shaped images.
-
-    A dataset that, like torchvision's `datasets.MNIST`, turns each uint8 image into a
-    PIL image and runs `ToTensor()` and `Normalize()` on it; a shuffling DataLoader at
-    batch 64 in the main process; a plain LeNet-5 with Adam; each batch moved to the device.
-    """
-    import torch
-    from PIL import Image
-    from torch import nn
-    from torch.utils.data import DataLoader, Dataset
-    from torchvision import transforms
-
-    tf = transforms.Compose([transforms.ToTensor(), transforms.Normalize((0.1307,), (0.3081,))])
-    gen = torch.Generator().manual_seed(0)
-    n = TUTORIAL_BATCH * (cfg.tutorial_steps + 5)
-    images = torch.randint(0, 256, (n, 28, 28), dtype=torch.uint8, generator=gen).numpy()
-    labels = torch.randint(0, 10, (n,), generator=gen)
-
-    class TutorialMnist(Dataset):
-        def __len__(self) -> int:
-            return n
-
-        def __getitem__(self, i: int):
-            return tf(Image.fromarray(images[i], mode="L")), int(labels[i])
-
-    model = nn.Sequential(
-        nn.Conv2d(1, 6, 5, padding=2), nn.ReLU(), nn.MaxPool2d(2),
-        nn.Conv2d(6, 16, 5), nn.ReLU(), nn.MaxPool2d(2),
-        nn.Flatten(), nn.Linear(400, 120), nn.ReLU(), nn.Linear(120, 84), nn.ReLU(), nn.Linear(84, 10),
-    ).to(device)
-    opt = torch.optim.Adam(model.parameters(), lr=1e-3)
-    loss_fn = nn.CrossEntropyLoss()
-    loader = DataLoader(TutorialMnist(), batch_size=TUTORIAL_BATCH, shuffle=True, generator=gen)
-    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
-    batches = iter(loader)
-
-    def step() -> None:
-        x, y = next(batches)
-        x, y = x.to(device), y.to(device)
-        opt.zero_grad()
-        loss_fn(model(x), y).backward()
-        opt.step()
-
-    seconds = _timed_steps(step, cfg.tutorial_steps, sync)
+def bench_tutorial(device: "torch.device", cfg: BenchConfig, peak: float | None = None) -> TrainingResult:
+    """Images/s of the tutorial pipeline (tutorial.py) on random MNIST-shaped images."""
+    seconds = time_tutorial_steps(device, cfg.tutorial_steps)
     return _train_result("tutorial", device, TUTORIAL_BATCH, cfg.tutorial_steps * TUTORIAL_BATCH, seconds,
                          cfg.tutorial_steps, peak)

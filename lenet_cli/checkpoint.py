@@ -22,46 +22,19 @@ holds raw arrays and the rest is parsed as JSON.
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from lenet_cli.errors import WeightsError, first_line
+from lenet_cli.fileio import atomic_write_bytes
+from lenet_cli.records import EpochRecord, TrainConfig, TrainState
+from lenet_cli.weights import mismatch, read_metadata, reference_tensors
 
 if TYPE_CHECKING:  # pragma: no cover
     import torch
 
-    from lenet_cli.model import ModelConfig
-    from lenet_cli.train import EpochRecord, TrainConfig
-
 FORMAT_TAG = "lenet-cli/checkpoint-v1"
 CHECKPOINT_NAME = "checkpoint.safetensors"
-
-
-@dataclass
-class TrainState:
-    """The complete state of a training run between two steps (CPU tensors)."""
-
-    config: "TrainConfig"
-    epochs_done: int  # completed epochs
-    step: int  # steps done in epoch `epochs_done + 1` (0: at an epoch boundary)
-    model: dict[str, "torch.Tensor"]
-    optimizer: dict[str, Any]  # optimizer state_dict, in torch.optim's layout (lenet_cli.optim)
-    scheduler: dict[str, Any]  # schedule state_dict, in torch.optim.lr_scheduler's field names
-    rng_shuffle: "torch.Tensor"
-    rng_torch: "torch.Tensor"
-    rng_cuda: "torch.Tensor | None"
-    history: list["EpochRecord"]
-    best_epoch: int
-    best_score: float
-    best_state: dict[str, "torch.Tensor"]
-    perm: "torch.Tensor | None" = None  # this epoch's order, when step > 0
-    sums: "torch.Tensor | None" = None  # (loss sum, correct, seen, seconds so far) of this epoch
-    train_seconds: float = 0.0
-    extra: dict[str, Any] = field(default_factory=dict)
-    # The model the run trains. A resumed run rebuilds exactly this one, even when the
-    # preset's defaults have changed since (lenet 0.1.0 checkpoints pool last).
-    model_config: "ModelConfig | None" = None
 
 
 def _json_safe(value: Any) -> Any:
@@ -80,7 +53,6 @@ def save_checkpoint(path: Path, state: TrainState) -> Path:
     import torch
     from safetensors.torch import save
 
-    from lenet_cli.fileio import atomic_write_bytes
     from lenet_cli.model import preset_config
 
     tensors: dict[str, torch.Tensor] = {}
@@ -106,7 +78,7 @@ def save_checkpoint(path: Path, state: TrainState) -> Path:
         tensors["epoch.sums"] = state.sums.to("cpu", torch.float64).contiguous()
     header = {
         "format": FORMAT_TAG,
-        "config": state.config.to_dict(),
+        "config": state.config.to_dict() | {"device": state.device},
         "model_config": json.loads((state.model_config or preset_config(state.config.preset)).to_json()),
         "epochs_done": state.epochs_done,
         "step": state.step,
@@ -125,13 +97,10 @@ def save_checkpoint(path: Path, state: TrainState) -> Path:
 
 def load_checkpoint(path: Path) -> TrainState:
     """Read a checkpoint written by `save_checkpoint`; WeightsError for anything else."""
-    import torch
     from safetensors import SafetensorError
     from safetensors.torch import load
 
     from lenet_cli.model import ModelConfig
-    from lenet_cli.train import EpochRecord
-    from lenet_cli.weights import read_metadata
 
     path = Path(path).expanduser()
     hint = "Pass the checkpoint.safetensors that `lenet train` wrote in its run folder."
@@ -151,7 +120,10 @@ def load_checkpoint(path: Path) -> TrainState:
         raise WeightsError(f"{path} is {kind}, not a training checkpoint.", hint)
     try:
         h = json.loads(meta["lenet_checkpoint"])
-        cfg = _train_config(h["config"])
+        cfg = TrainConfig.from_dict(h["config"])
+        device = h["config"].get("device", "auto")
+        if not isinstance(device, str):
+            raise ValueError(f"config field 'device' has an invalid value {device!r}")
 
         def sub(prefix: str) -> dict[str, torch.Tensor]:
             return {k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)}
@@ -185,6 +157,7 @@ def load_checkpoint(path: Path) -> TrainState:
             train_seconds=float(h.get("train_seconds", 0.0)),
             extra=h.get("extra", {}),
             model_config=ModelConfig.from_json(json.dumps(h["model_config"])),
+            device=device,
         )
         if state.model_config.preset != cfg.preset:
             raise ValueError(f"model config of preset {state.model_config.preset!r} in a {cfg.preset!r} run")
@@ -195,32 +168,13 @@ def load_checkpoint(path: Path) -> TrainState:
     return state
 
 
-def _train_config(data: Any) -> "TrainConfig":
-    """The saved TrainConfig, each field of its declared type and valid (ValueError otherwise)."""
-    from lenet_cli.errors import UsageError
-    from lenet_cli.model import check_field_types
-    from lenet_cli.train import TrainConfig
-
-    if not isinstance(data, dict):
-        raise ValueError("config is not an object")
-    cfg = TrainConfig(**data)
-    check_field_types(cfg, "config")
-    try:
-        cfg.validate()
-    except UsageError as exc:
-        raise ValueError(f"invalid config: {exc.message}") from None
-    return cfg
-
-
 def _check_model(state: TrainState) -> None:
     """The saved model config must build a model whose tensors are the saved ones (ValueError otherwise)."""
-    from lenet_cli.weights import _mismatch, reference_tensors
-
     try:
         reference = reference_tensors(state.model_config)
     except (KeyError, TypeError, RuntimeError) as exc:
         raise ValueError(f"model config cannot be built: {first_line(exc)}") from None
-    problem = _mismatch(reference, state.model)
+    problem = mismatch(reference, state.model)
     if problem:
         raise ValueError(f"model tensors do not match the model config: {problem}")
 

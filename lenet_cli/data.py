@@ -115,15 +115,6 @@ def ensure_mnist(data_dir: Path, allow_download: bool = True) -> Path:
     return data_dir
 
 
-def md5sum(path: Path) -> str:
-    """Hex MD5 of a file."""
-    digest = hashlib.md5(usedforsecurity=False)
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
 def _read_bytes(path: Path, expected_md5: str | None) -> bytes:
     try:
         raw = path.read_bytes()

@@ -1,12 +1,16 @@
 """Choosing the device for every command: one place, one set of rules, no silent fallback.
 
-`auto` picks CUDA, then MPS, then CPU. Anything explicitly asked for must exist,
-or we raise DeviceError with a message that says what *is* available.
+A command parses `--device` once into a `DeviceSpec` (no torch needed: a typo is a usage
+error before anything slow), and the core resolves that spec once, into the torch.device
+that is passed down (`resolve_device`) or into onnxruntime providers (`onnx_providers`).
+`auto` picks CUDA, then MPS, then CPU. Anything explicitly asked for must exist, or we
+raise DeviceError with a message that says what *is* available.
 """
 
 from __future__ import annotations
 
 import re
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from lenet_cli.errors import DeviceError, UsageError
@@ -18,17 +22,36 @@ DEVICE_HELP = "auto | cpu | cuda | cuda:N | mps. 'auto' picks CUDA, then MPS, th
 _DEVICE_RE = re.compile(r"^(auto|cpu|mps|cuda)(?::(\d+))?$")
 
 
-def parse_device_spec(spec: str) -> tuple[str, int | None]:
-    """Validate the syntax of a device string without importing torch.
+@dataclass(frozen=True)
+class DeviceSpec:
+    """A parsed `--device`: kind (auto, cpu, cuda, mps) and, for cuda, an optional index."""
 
-    Returns (kind, index). Raises UsageError for anything else, so a typo is a usage error (exit 2).
-    """
+    kind: str = "auto"
+    index: int | None = None
+
+    def __str__(self) -> str:
+        return self.kind if self.index is None else f"{self.kind}:{self.index}"
+
+    @property
+    def is_auto(self) -> bool:
+        """True when the user left the choice to lenet."""
+        return self.kind == "auto"
+
+
+AUTO = DeviceSpec()
+CPU = DeviceSpec("cpu")
+
+
+def parse_device(spec: str | DeviceSpec) -> DeviceSpec:
+    """Validate the syntax of a device string without importing torch (UsageError, exit 2, for a typo)."""
+    if isinstance(spec, DeviceSpec):
+        return spec
     text = spec.strip().lower()
     match = _DEVICE_RE.match(text)
     if not match or (match.group(2) is not None and match.group(1) != "cuda"):
         raise UsageError(f"Invalid device {spec!r}.", f"Use one of: {DEVICE_HELP}")
     index = int(match.group(2)) if match.group(2) is not None else None
-    return match.group(1), index
+    return DeviceSpec(match.group(1), index)
 
 
 def _mps_available() -> bool:
@@ -38,27 +61,26 @@ def _mps_available() -> bool:
     return bool(backend is not None and backend.is_available())
 
 
-def resolve_device(spec: str = "auto") -> torch.device:
-    """Turn a device string into a torch.device that exists on this machine."""
+def resolve_device(spec: str | DeviceSpec = AUTO) -> "torch.device":
+    """Turn a device spec into a torch.device that exists on this machine."""
     import torch
 
-    kind, index = parse_device_spec(spec)
-    if kind == "auto":
+    spec = parse_device(spec)
+    if spec.kind == "auto":
         if torch.cuda.is_available():
             return torch.device("cuda", 0)
         if _mps_available():
             return torch.device("mps")
         return torch.device("cpu")
-    if kind == "cpu":
+    if spec.kind == "cpu":
         return torch.device("cpu")
-    if kind == "mps":
+    if spec.kind == "mps":
         if not _mps_available():
             raise DeviceError(
                 "MPS was requested but is not available on this machine.",
                 "MPS needs Apple silicon and a macOS build of PyTorch; use --device cpu or --device auto.",
             )
         return torch.device("mps")
-    # cuda
     if not torch.cuda.is_available():
         built = torch.version.cuda
         why = (
@@ -66,12 +88,9 @@ def resolve_device(spec: str = "auto") -> torch.device:
             if not built
             else f"PyTorch was built for CUDA {built}, but no NVIDIA GPU or driver was found"
         )
-        raise DeviceError(
-            f"CUDA was requested but is not available: {why}.",
-            "Use --device cpu or --device auto.",
-        )
+        raise DeviceError(f"CUDA was requested but is not available: {why}.", "Use --device cpu or --device auto.")
     count = torch.cuda.device_count()
-    index = 0 if index is None else index
+    index = 0 if spec.index is None else spec.index
     if index >= count:
         raise DeviceError(
             f"CUDA device {index} was requested but this machine has {count} GPU(s) (cuda:0..cuda:{count - 1}).",
@@ -80,7 +99,7 @@ def resolve_device(spec: str = "auto") -> torch.device:
     return torch.device("cuda", index)
 
 
-def describe_device(device: torch.device) -> str:
+def describe_device(device: "torch.device") -> str:
     """A human name for a device, e.g. 'cuda:0 (NVIDIA H100 80GB HBM3)' or 'cpu (2 threads)'."""
     import torch
 
@@ -92,26 +111,26 @@ def describe_device(device: torch.device) -> str:
     return str(device)
 
 
-def onnx_providers(spec: str) -> list[str | tuple[str, dict[str, Any]]]:
-    """onnxruntime execution providers for a device string; never a silent fallback to CPU.
+def onnx_providers(spec: str | DeviceSpec) -> list[str | tuple[str, dict[str, Any]]]:
+    """onnxruntime execution providers for a device spec; never a silent fallback to CPU.
 
     `cuda:N` becomes the CUDA provider with `device_id` N.
     """
     import onnxruntime as ort
 
-    kind, index = parse_device_spec(spec)
-    available = ort.get_available_providers()
-    if kind in ("cpu", "mps"):
-        if kind == "mps":
-            raise DeviceError(
-                "onnxruntime has no MPS backend.", "Use --device cpu for .onnx files, or a .safetensors file on MPS."
-            )
+    spec = parse_device(spec)
+    if spec.kind == "mps":
+        raise DeviceError(
+            "onnxruntime has no MPS backend.", "Use --device cpu for .onnx files, or a .safetensors file on MPS."
+        )
+    if spec.kind == "cpu":
         return ["CPUExecutionProvider"]
-    if kind == "auto":
+    available = ort.get_available_providers()
+    if spec.kind == "auto":
         return (["CUDAExecutionProvider"] if "CUDAExecutionProvider" in available else []) + ["CPUExecutionProvider"]
     if "CUDAExecutionProvider" not in available:
         raise DeviceError(
             "CUDA was requested for an ONNX model, but the installed onnxruntime has no CUDA execution provider.",
             "Install GPU support with: pip uninstall onnxruntime && pip install onnxruntime-gpu",
         )
-    return [("CUDAExecutionProvider", {"device_id": index or 0})]
+    return [("CUDAExecutionProvider", {"device_id": spec.index or 0})]

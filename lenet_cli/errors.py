@@ -63,6 +63,18 @@ class ImageError(LenetError):
         self.kind = kind
 
 
+# What to do about a file that failed, by its error_kind (the CLI's summary line ends with it).
+IMAGE_HINTS = {
+    "not_found": "Check the path; a quoted pattern must match existing files.",
+    "unreadable": "Check the file's permissions.",
+    "empty": "Save or download the image again.",
+    "not_image": "Pass PNG, JPEG, BMP, GIF, TIFF or WebP images.",
+    "corrupt": "Save or download the image again.",
+    "too_large": "Scale it down below 50 megapixels.",
+    "no_ink": "Pass an image with a visible digit on a plain background.",
+}
+
+
 class ExportError(LenetError):
     """ONNX export or its verification failed."""
 

@@ -10,9 +10,8 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:  # pragma: no cover
+    import numpy as np
     import torch
-
-    from lenet_cli.data import MnistSplit
 
 
 @dataclass(frozen=True)
@@ -125,3 +124,13 @@ def metrics_from_logits(logits: "torch.Tensor", labels: "torch.Tensor", num_clas
         misclassified=wrong,
         predictions=preds.tolist(),
     )
+
+
+def softmax(logits: "np.ndarray") -> "np.ndarray":
+    """Row-wise softmax in float64 for stable probabilities (numpy: the predict path has no torch)."""
+    import numpy as np
+
+    z = logits.astype(np.float64)
+    z = z - z.max(axis=1, keepdims=True)
+    e = np.exp(z)
+    return e / e.sum(axis=1, keepdims=True)

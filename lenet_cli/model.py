@@ -22,18 +22,18 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import math
 from dataclasses import dataclass
 
 import torch
 from torch import nn
 import torch.nn.functional as F
 
+from lenet_cli.records import check_field_types
+
 # MNIST statistics on [0, 1] pixels, computed on the 60,000 training images.
 MNIST_MEAN = 0.1307
 MNIST_STD = 0.3081
 IMAGE_SIZE = 28  # MNIST images are 28x28
-CLASSIC_INPUT_SIZE = 32  # LeNet-5 was designed for 32x32 inputs: MNIST padded by 2
 NUM_CLASSES = 10
 CLASS_NAMES = tuple(str(d) for d in range(NUM_CLASSES))
 
@@ -46,26 +46,6 @@ C3_TABLE = (
     "..XXX..XXXX.XX.X",
     "...XXX..XXXX.XXX",
 )
-
-
-def check_field_types(cfg, what: str) -> None:
-    """Raise ValueError unless each field of a config dataclass has the type of its default.
-
-    Configs are read back from files (weights, checkpoints) that may have been edited: a
-    string where a number belongs must be an error here, not a crash deep in training.
-    """
-    for f in dataclasses.fields(cfg):
-        value, default = getattr(cfg, f.name), f.default
-        if isinstance(default, bool):
-            ok = isinstance(value, bool)
-        elif isinstance(default, int):
-            ok = isinstance(value, int) and not isinstance(value, bool)
-        elif isinstance(default, float):
-            ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
-        else:
-            ok = isinstance(value, type(default))
-        if not ok:
-            raise ValueError(f"{what} field {f.name!r} has an invalid value {value!r}")
 
 
 @dataclass(frozen=True)
@@ -201,26 +181,6 @@ def _pool(cfg: ModelConfig, channels: int) -> nn.Module:
     raise ValueError(f"unknown pooling {cfg.pooling!r}")
 
 
-def _max_over_phases(z: torch.Tensor) -> torch.Tensor:
-    """max over dim 1 (the four 2x2 phases, in raster order) as a + relu(b - a) trees.
-
-    Equal to z.amax(1) up to rounding. The gradient goes to one maximum, the first in raster
-    order on ties, exactly where max pooling sends it (relu passes no gradient at 0). On the
-    CPU its backward is three ReLU masks, where amax's backward (an equality mask, a count of
-    ties and a broadcast divide) costs a quarter of the whole training step.
-    """
-    if not z.requires_grad:
-        return z.amax(1)  # inference: one pass, no backward to make cheap
-    z0, z1, z2, z3 = z.unbind(1)
-    m01 = z0 + torch.relu(z1 - z0)
-    m23 = z2 + torch.relu(z3 - z2)
-    return m01 + torch.relu(m23 - m01)
-
-
-def _channels_last_max_pool(x: torch.Tensor) -> torch.Tensor:
-    return F.max_pool2d(x.contiguous(memory_format=torch.channels_last), 2).contiguous()
-
-
 class LeNet5(nn.Module):
     """LeNet-5: C1 conv5 -> S2 pool -> C3 conv5 -> S4 pool -> C5 -> F6 -> output logits."""
 
@@ -252,63 +212,6 @@ class LeNet5(nn.Module):
         self.out = nn.Linear(cfg.f6, cfg.num_classes)
         if cfg.activation == "scaled_tanh":
             self._lecun_init()
-        # On the CPU, forward runs the C1 block as a polyphase convolution and pools
-        # channels-last: the same function, faster. False runs the plain layers: ONNX export
-        # sets it, so the file holds the standard Conv/MaxPool graph, and tests compare the two.
-        self.fast_cpu_kernels = True
-
-    def _fast_path(self, x: torch.Tensor) -> bool:
-        # In inference, below ~16 images the extra small ops cost more than they save
-        # (2 cores: batch 1 349 µs plain vs 424 µs; batch 64 2.9 ms plain vs 1.6 ms).
-        return self.fast_cpu_kernels and x.device.type == "cpu" and (self.training or x.shape[0] >= 16)
-
-    @property
-    def _polyphase_ok(self) -> bool:
-        """The C1 block is a 5x5 conv with padding 2 and a 2x2 max pool (first or last, any activation)."""
-        return not self.cfg.pad_to_32 and self.cfg.pooling == "max"
-
-    def _c1_block_polyphase(self, x: torch.Tensor) -> torch.Tensor:
-        """The C1 block on the CPU, as one 3x3 convolution over the image's 2x2 phases.
-
-        The padded 32x32 image is split into its four 2x2 phases (4 channels of 16x16); each of
-        the four output phases of the 5x5 convolution is then a 3x3 convolution over them, so
-        one convolution with 4 inputs and 4*C1 outputs computes C1 at every pixel, and the
-        2x2 max pool becomes a max over the four output phases. Same function, same parameters
-        and buffers (batch norm before the pool sees the same B*28*28 values per channel, and
-        the activation is applied at every pixel before the max). It exists because oneDNN pads
-        a 1-channel input to 8 channels and reorders it on every forward and backward pass
-        (training: 30% faster per step; inference: ~2x). ONNX export uses the plain layers.
-        """
-        b = x.shape[0]
-        w = self.c1.weight  # (C, 1, 5, 5)
-        c = w.shape[0]
-        phases = []
-        for a in (0, 1):
-            for d in (0, 1):
-                # Output phase (a, d) sees the kernel shifted by (a, d) inside a 6x6 window; its
-                # row 2*p + q is tap p of input phase q (columns likewise), input channel 2*q + r.
-                wa = F.pad(w[:, 0], (d, 1 - d, a, 1 - a)).view(c, 3, 2, 3, 2)
-                phases.append(wa.permute(0, 2, 4, 1, 3).reshape(c, 4, 3, 3))
-        weight = torch.cat(phases, 0)  # (4*C, 4, 3, 3), output channel = phase * C + c
-        bias = None if self.c1.bias is None else self.c1.bias.repeat(4)
-        half = (IMAGE_SIZE + 4) // 2  # the padded 32x32 image in 2x2 phases of 16x16
-        out = IMAGE_SIZE // 2  # 14: C1's 28x28 output in 2x2 phases
-        xp = F.pad(x, (2, 2, 2, 2)).view(b, half, 2, half, 2)
-        xp = xp.permute(0, 2, 4, 1, 3).reshape(b, 4, half, half)  # input channel = 2*q + r
-        z = F.conv2d(xp, weight, bias)  # (B, 4*C, 14, 14)
-        if self.cfg.pool_first:
-            return self.act1(self.bn1(_max_over_phases(z.view(b, 4, c, out, out))))
-        z = self.act1(self.bn1(z.view(b * 4, c, out, out))).view(b, 4, c, out, out)
-        return _max_over_phases(z)  # (B, C, 14, 14)
-
-    def _block(self, x: torch.Tensor, conv: nn.Module, bn: nn.Module, act: nn.Module, pool: nn.Module) -> torch.Tensor:
-        if isinstance(pool, nn.MaxPool2d) and self._fast_path(x):
-            # PyTorch's CPU max pool is ~9x faster on channels-last maps (it vectorises over
-            # channels) than on small planes like 10x10; the two copies cost less than that.
-            pool = _channels_last_max_pool
-        if self.cfg.pool_first:
-            return act(bn(pool(conv(x))))
-        return pool(act(bn(conv(x))))
 
     def _lecun_init(self) -> None:
         # The paper draws weights from U(-2.4/F_in, 2.4/F_in) so tanh starts in its linear range.
@@ -322,21 +225,34 @@ class LeNet5(nn.Module):
                     with torch.no_grad():
                         module.weight.mul_(module.mask)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """x: (B, 1, 28, 28) raw pixels in [0, 255]. Returns logits (B, num_classes)."""
+    def normalize(self, x: torch.Tensor) -> torch.Tensor:
+        """Raw pixels (B, 1, 28, 28) in [0, 255] -> MNIST-normalised, padded to 32x32 for the classic preset."""
         x = (x * (1.0 / 255.0) - self.cfg.mean) * (1.0 / self.cfg.std)
         if self.cfg.pad_to_32:
             # Pad with the normalised value of a black pixel, so the border looks like MNIST background.
             x = F.pad(x, (2, 2, 2, 2), value=-self.cfg.mean / self.cfg.std)  # (B, 1, 32, 32)
-        if self._fast_path(x) and self._polyphase_ok:
-            x = self._c1_block_polyphase(x)
-        else:
-            x = self._block(x, self.c1, self.bn1, self.act1, self.s2)  # (B, 6, 14, 14)
-        x = self._block(x, self.c3, self.bn3, self.act3, self.s4)  # (B, 16, 5, 5)
+        return x
+
+    def conv_block(self, x: torch.Tensor, conv: nn.Module, bn: nn.Module, act: nn.Module,
+                   pool: nn.Module) -> torch.Tensor:
+        """C1 -> S2 or C3 -> S4: convolution, then pool -> norm -> activation (modern) or norm -> activation -> pool."""
+        if self.cfg.pool_first:
+            return act(bn(pool(conv(x))))
+        return pool(act(bn(conv(x))))
+
+    def classifier(self, x: torch.Tensor) -> torch.Tensor:
+        """C5 -> F6 -> output on the S4 maps (B, 16, 5, 5); logits (B, num_classes)."""
         x = torch.flatten(x, 1)  # (B, 400)
         x = self.drop(self.act5(self.c5(x)))  # (B, 120)
         x = self.drop(self.act6(self.f6(x)))  # (B, 84)
         return self.out(x)  # (B, 10)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """x: (B, 1, 28, 28) raw pixels in [0, 255]. Returns logits (B, num_classes)."""
+        x = self.normalize(x)  # (B, 1, 28, 28), or (B, 1, 32, 32) for the classic preset
+        x = self.conv_block(x, self.c1, self.bn1, self.act1, self.s2)  # C1 -> S2: (B, 6, 14, 14)
+        x = self.conv_block(x, self.c3, self.bn3, self.act3, self.s4)  # C3 -> S4: (B, 16, 5, 5)
+        return self.classifier(x)  # C5 -> F6 -> output: (B, 10)
 
 
 def build_model(cfg: ModelConfig | str = DEFAULT_PRESET) -> LeNet5:
@@ -352,43 +268,6 @@ def preset_config(name: str) -> ModelConfig:
         return PRESETS[name]
     except KeyError:
         raise KeyError(f"unknown preset {name!r}; choose one of {', '.join(PRESETS)}") from None
-
-
-def for_inference(model: LeNet5) -> LeNet5:
-    """An eval-mode model with the same function, batch norm folded into the convolutions where exact.
-
-    Batch norm in eval mode is a per-channel affine map s*z + t. Folded into the conv before
-    it (weights times s, bias s*b + t), it disappears from the graph. After a max pool
-    (pool-first blocks) that is exact only when s*max(z) = max(s*z), i.e. s >= 0; we fold
-    when every s > 0, and then the block can also run as conv -> ReLU -> pool (ReLU commutes
-    with max), which onnxruntime fuses into one kernel. Pool-last blocks always fold. When a
-    pool-first model has a scale <= 0, it is returned as it is, batch norm and all.
-    Used for ONNX export, so the usual graph is Conv -> ReLU -> MaxPool.
-    """
-    cfg = model.cfg
-    if not (cfg.batch_norm and cfg.pooling == "max" and cfg.activation == "relu"):
-        return model.eval()
-    blocks = ((model.c1, model.bn1), (model.c3, model.bn3))
-    scales = []
-    for conv, bn in blocks:
-        if type(conv) is not nn.Conv2d or not isinstance(bn, nn.BatchNorm2d) or bn.running_var is None:
-            return model.eval()
-        scale = bn.weight.detach() / torch.sqrt(bn.running_var + bn.eps)
-        if cfg.pool_first and not bool((scale > 0).all()):
-            return model.eval()
-        scales.append(scale)
-    folded = LeNet5(dataclasses.replace(cfg, batch_norm=False, pool_first=False)).to(model.c1.weight.device)
-    state = {k: v for k, v in model.state_dict().items() if not k.startswith(("c1.", "bn1.", "c3.", "bn3."))}
-    missing, unexpected = folded.load_state_dict(state, strict=False)
-    if unexpected or set(missing) != {"c1.weight", "c1.bias", "c3.weight", "c3.bias"}:
-        raise ValueError(f"cannot fold batch norm: missing {missing}, unexpected {unexpected}")
-    with torch.no_grad():
-        for (conv, bn), scale, target in zip(blocks, scales, (folded.c1, folded.c3)):
-            bias = conv.bias.detach() if conv.bias is not None else torch.zeros_like(scale)
-            target.weight.copy_(conv.weight.detach() * scale.view(-1, 1, 1, 1))
-            target.bias.copy_((bias - bn.running_mean) * scale + bn.bias.detach())
-    folded.fast_cpu_kernels = model.fast_cpu_kernels
-    return folded.eval()
 
 
 def count_parameters(model: nn.Module) -> int:

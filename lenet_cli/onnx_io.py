@@ -8,7 +8,8 @@ Design decisions (documented in the README):
 * Sessions for a model this small are latency-bound: one intra-op thread per
   physical core at most, sequential execution, full graph optimisation.
 
-This module imports torch only inside `export_onnx`; the inference path does not.
+torch is imported only inside the export functions; the inference path (sessions) does not need it.
+The exporter always receives model.py's plain layers (kernels.py's CPU paths are never traced).
 """
 
 from __future__ import annotations
@@ -21,25 +22,27 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-import numpy as np
 
 from lenet_cli import __version__
+from lenet_cli.devices import DeviceSpec, onnx_providers
+from lenet_cli.evaluate import softmax
 from lenet_cli.errors import DeviceError, ExportError, WeightsError, first_line
 
 if TYPE_CHECKING:  # pragma: no cover
+    import numpy as np
     import onnxruntime
 
+    from lenet_cli.model import LeNet5
     from lenet_cli.weights import WeightsInfo
 
 DEFAULT_OPSET = 18
 # The torch.export-based exporter writes opset 18 and up; converting down fails for some operators
 # (and would then be labelled with an opset the file does not have), so older opsets are refused.
 MIN_OPSET = 18
+MAX_OPSET = 23  # the newest opset the exporter and onnxruntime both know
 INPUT_NAME = "pixels"
 OUTPUT_NAME = "logits"
 PROB_TOLERANCE = 1e-5  # max |p_onnx - p_torch| accepted by verification
-QUANT_MAX_DROP = 0.005  # an int8 model may lose at most 0.5 points of test accuracy, or it is not written
-CALIBRATION_IMAGES = 1024  # training images (never test images) that set the int8 activation ranges
 
 
 @dataclass(frozen=True)
@@ -53,13 +56,10 @@ class ParityRow:
     passed: bool
 
 
-def make_session(path: Path, device_spec: str = "cpu", threads: int | None = None) -> "onnxruntime.InferenceSession":
-    """An onnxruntime session with settings chosen for a tiny model; clear errors for bad files."""
+def session_options(threads: int | None = None) -> "onnxruntime.SessionOptions":
+    """Session settings for a tiny, latency-bound model (every session lenet makes uses them)."""
     import onnxruntime as ort
 
-    from lenet_cli.devices import onnx_providers
-
-    providers = onnx_providers(device_spec)
     opts = ort.SessionOptions()
     opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     # LeNet-5 is ~0.4 MMAC per image: threads beyond the physical cores only add sync overhead.
@@ -67,6 +67,45 @@ def make_session(path: Path, device_spec: str = "cpu", threads: int | None = Non
     opts.inter_op_num_threads = 1
     opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
     opts.log_severity_level = 3  # errors only; warnings about unused initialisers are noise here
+    return opts
+
+
+def cpu_session(model_proto: Any, threads: int | None = None) -> "onnxruntime.InferenceSession":
+    """A CPU session on an in-memory model (verification and the int8 comparison)."""
+    import onnxruntime as ort
+
+    return ort.InferenceSession(model_proto.SerializeToString(), sess_options=session_options(threads),
+                                providers=["CPUExecutionProvider"])
+
+
+def check_model(model_proto: Any, what: str = "The exported model") -> None:
+    """onnx.checker's full check, and standard operator domains only; ExportError otherwise."""
+    import onnx
+
+    try:
+        onnx.checker.check_model(model_proto, full_check=True)
+    except Exception as exc:
+        raise ExportError(f"{what} fails onnx.checker: {first_line(exc)}") from exc
+    domains = {node.domain for node in model_proto.graph.node} - {"", "ai.onnx"}
+    if domains:
+        raise ExportError(f"{what} uses non-standard operator domains: {sorted(domains)}.")
+
+
+def set_metadata(model_proto: Any, meta: dict[str, str]) -> None:
+    """Replace the model's metadata properties with `meta`."""
+    del model_proto.metadata_props[:]
+    for key, value in meta.items():
+        entry = model_proto.metadata_props.add()
+        entry.key, entry.value = key, value
+
+
+def make_session(path: Path, device_spec: str | DeviceSpec = "cpu",
+                 threads: int | None = None) -> "onnxruntime.InferenceSession":
+    """An onnxruntime session with settings chosen for a tiny model; clear errors for bad files."""
+    import onnxruntime as ort
+
+    providers = onnx_providers(device_spec)
+    opts = session_options(threads)
     path = Path(path)
     if not path.is_file():
         raise WeightsError(f"ONNX file not found: {path}.",
@@ -153,25 +192,63 @@ def onnx_metadata(info: "WeightsInfo", opset: int) -> dict[str, str]:
     }
 
 
+def fold_batch_norm(model: "LeNet5") -> "LeNet5":
+    """An eval-mode model with the same function, batch norm folded into the convolutions where exact.
+
+    Batch norm in eval mode is a per-channel affine map s*z + t. Folded into the conv before
+    it (weights times s, bias s*b + t), it disappears from the graph. After a max pool
+    (pool-first blocks) that is exact only when s*max(z) = max(s*z), i.e. s >= 0; we fold
+    when every s > 0, and then the block can also run as conv -> ReLU -> pool (ReLU commutes
+    with max), which onnxruntime fuses into one kernel. Pool-last blocks always fold. When a
+    pool-first model has a scale <= 0, it is returned as it is, batch norm and all.
+    Used for ONNX export, so the usual graph is Conv -> ReLU -> MaxPool.
+    """
+    import torch
+    from torch import nn
+
+    from lenet_cli.model import LeNet5
+
+    cfg = model.cfg
+    if not (cfg.batch_norm and cfg.pooling == "max" and cfg.activation == "relu"):
+        return model.eval()
+    blocks = ((model.c1, model.bn1), (model.c3, model.bn3))
+    scales = []
+    for conv, bn in blocks:
+        if type(conv) is not nn.Conv2d or not isinstance(bn, nn.BatchNorm2d) or bn.running_var is None:
+            return model.eval()
+        scale = bn.weight.detach() / torch.sqrt(bn.running_var + bn.eps)
+        if cfg.pool_first and not bool((scale > 0).all()):
+            return model.eval()
+        scales.append(scale)
+    folded = LeNet5(dataclasses.replace(cfg, batch_norm=False, pool_first=False)).to(model.c1.weight.device)
+    state = {k: v for k, v in model.state_dict().items() if not k.startswith(("c1.", "bn1.", "c3.", "bn3."))}
+    missing, unexpected = folded.load_state_dict(state, strict=False)
+    if unexpected or set(missing) != {"c1.weight", "c1.bias", "c3.weight", "c3.bias"}:
+        raise ValueError(f"cannot fold batch norm: missing {missing}, unexpected {unexpected}")
+    with torch.no_grad():
+        for (conv, bn), scale, target in zip(blocks, scales, (folded.c1, folded.c3)):
+            bias = conv.bias.detach() if conv.bias is not None else torch.zeros_like(scale)
+            target.weight.copy_(conv.weight.detach() * scale.view(-1, 1, 1, 1))
+            target.bias.copy_((bias - bn.running_mean) * scale + bn.bias.detach())
+    return folded.eval()
+
+
 def export_model_proto(model, opset: int = DEFAULT_OPSET):
     """Export with the exporter PyTorch recommends (torch.export-based, `dynamo=True`); a ModelProto."""
     import warnings
 
     import torch
 
-    from lenet_cli.model import for_inference
-
     try:
-        model = for_inference(model.to("cpu").eval())  # batch norm folded into the convolutions
+        model = fold_batch_norm(model.to("cpu").eval())
     except ValueError as exc:
         raise ExportError(f"Could not prepare the model for export: {first_line(exc)}") from exc
-    fast = getattr(model, "fast_cpu_kernels", False)
     example = torch.zeros(2, 1, 28, 28)
     batch = torch.export.Dim("batch", min=1, max=1 << 20)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         try:
-            model.fast_cpu_kernels = False  # the standard Conv/MaxPool graph, which runtimes optimise themselves
+            # model.py's plain layers: the standard Conv/MaxPool graph, which runtimes optimise themselves.
             program = torch.onnx.export(
                 model,
                 (example,),
@@ -185,27 +262,16 @@ def export_model_proto(model, opset: int = DEFAULT_OPSET):
             )
         except Exception as exc:
             raise ExportError(f"PyTorch could not export the model to ONNX opset {opset}: {first_line(exc)}") from exc
-        finally:
-            model.fast_cpu_kernels = fast
     return program.model_proto
 
 
 def verify(model_proto, torch_model, images: np.ndarray, batch_sizes=(1, 256)) -> list[ParityRow]:
     """Full onnx.checker check, then onnxruntime vs PyTorch on real images at several batch sizes."""
-    import onnx
-    import onnxruntime as ort
+    import numpy as np
     import torch
 
-    try:
-        onnx.checker.check_model(model_proto, full_check=True)
-    except Exception as exc:
-        raise ExportError(f"The exported model fails onnx.checker: {first_line(exc)}") from exc
-    domains = {node.domain for node in model_proto.graph.node}
-    if domains - {"", "ai.onnx"}:
-        raise ExportError(f"The exported model uses non-standard operator domains: {sorted(domains - {'', 'ai.onnx'})}.")
-    opts = ort.SessionOptions()
-    opts.log_severity_level = 3
-    session = ort.InferenceSession(model_proto.SerializeToString(), sess_options=opts, providers=["CPUExecutionProvider"])
+    check_model(model_proto)
+    session = cpu_session(model_proto)
     torch_model = torch_model.to("cpu").eval()
     rows = []
     for bs in batch_sizes:
@@ -216,172 +282,8 @@ def verify(model_proto, torch_model, images: np.ndarray, batch_sizes=(1, 256)) -
             got = session.run(None, {session.get_inputs()[0].name: chunk})[0]
             with torch.inference_mode():
                 want = torch_model(torch.from_numpy(chunk)).numpy()
-            p_got, p_want = _softmax(got), _softmax(want)
+            p_got, p_want = softmax(got), softmax(want)
             agree += int((got.argmax(1) == want.argmax(1)).sum())
             worst = max(worst, float(np.abs(p_got - p_want).max()))
         rows.append(ParityRow(bs, n, agree, worst, agree == n and worst <= PROB_TOLERANCE))
     return rows
-
-
-@dataclass(frozen=True)
-class QuantRow:
-    """One model in the float-vs-int8 comparison."""
-
-    model: str
-    bytes: int
-    test_images: int
-    test_accuracy: float
-    top1_agree_with_float: float
-    batch1_p50_us: float
-    batch1024_images_per_s: float
-
-
-def quantize_int8(model_proto, calibration: np.ndarray):
-    """Static int8 quantization with onnxruntime's tools: QDQ format, per-channel int8 weights,
-    uint8 activations whose ranges come from `calibration` (uint8 (N, 28, 28) training images).
-
-    QDQ keeps the graph in standard ONNX operators (QuantizeLinear/DequantizeLinear around
-    float ops), so any conformant runtime can load it, and runtimes with int8 kernels fuse it.
-    """
-    import tempfile
-
-    import onnx
-    from onnxruntime.quantization import CalibrationDataReader, CalibrationMethod, QuantFormat, QuantType, quantize_static
-    from onnxruntime.quantization.shape_inference import quant_pre_process
-
-    x = calibration.astype(np.float32).reshape(-1, 1, 28, 28)
-
-    class Reader(CalibrationDataReader):
-        def __init__(self) -> None:
-            self.batches = iter([{INPUT_NAME: x[i : i + 128]} for i in range(0, len(x), 128)])
-
-        def get_next(self):
-            return next(self.batches, None)
-
-    with tempfile.TemporaryDirectory(prefix="lenet-quant-") as tmp:
-        src, pre, out = (Path(tmp) / n for n in ("float.onnx", "pre.onnx", "int8.onnx"))
-        src.write_bytes(model_proto.SerializeToString())
-        try:
-            quant_pre_process(str(src), str(pre))  # shape inference + graph clean-up, as ORT recommends
-            quantize_static(str(pre), str(out), Reader(), quant_format=QuantFormat.QDQ, per_channel=True,
-                            activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
-                            calibrate_method=CalibrationMethod.MinMax)
-        except Exception as exc:
-            raise ExportError(f"onnxruntime could not quantize the model: {first_line(exc)}") from exc
-        quantized = onnx.load(str(out))
-    # onnxruntime's optimiser declares every operator set it knows (com.microsoft, ...); keep only
-    # the ones a node uses, so that the file claims nothing a plain ONNX runtime lacks.
-    used = {node.domain for node in quantized.graph.node} | {""}
-    keep = [o for o in quantized.opset_import if o.domain in used or (o.domain == "ai.onnx" and "" in used)]
-    del quantized.opset_import[:]
-    quantized.opset_import.extend(keep)
-    try:
-        onnx.checker.check_model(quantized, full_check=True)
-    except Exception as exc:
-        raise ExportError(f"The int8 model fails onnx.checker: {first_line(exc)}") from exc
-    return quantized
-
-
-def compare_float_int8(float_proto, int8_proto, images: np.ndarray, labels: np.ndarray,
-                       seconds: float = 1.5) -> list[QuantRow]:
-    """Test accuracy, agreement and CPU speed (batch 1 latency, batch 1024 throughput) of both models."""
-    import onnxruntime as ort
-
-    from lenet_cli.bench import time_calls
-
-    x = images.astype(np.float32).reshape(-1, 1, 28, 28)
-    one, big = x[:1], np.resize(x, (1024, 1, 28, 28))
-    sessions, preds = {}, {}
-    for name, proto in (("float32", float_proto), ("int8", int8_proto)):
-        opts = ort.SessionOptions()
-        opts.log_severity_level = 3
-        opts.intra_op_num_threads = min(os.cpu_count() or 1, 4)
-        session = ort.InferenceSession(proto.SerializeToString(), sess_options=opts, providers=["CPUExecutionProvider"])
-        sessions[name] = session
-        preds[name] = np.concatenate([session.run(None, {INPUT_NAME: x[i : i + 1024]})[0].argmax(1)
-                                      for i in range(0, len(x), 1024)])
-    # Time the two models in alternating rounds, so that a change in machine load hits both.
-    t1: dict[str, list[float]] = {n: [] for n in sessions}
-    tb: dict[str, list[float]] = {n: [] for n in sessions}
-    for _ in range(3):
-        for name, session in sessions.items():
-            t1[name] += time_calls(lambda s=session: s.run(None, {INPUT_NAME: one}), 20, seconds / 3)
-            tb[name] += time_calls(lambda s=session: s.run(None, {INPUT_NAME: big}), 2, seconds / 3)
-    rows = []
-    for name, proto in (("float32", float_proto), ("int8", int8_proto)):
-        rows.append(QuantRow(name, len(proto.SerializeToString()), len(x), float((preds[name] == labels).mean()),
-                             float((preds[name] == preds["float32"]).mean()), float(np.median(t1[name])) * 1e6,
-                             1024 / float(np.median(tb[name]))))
-    return rows
-
-
-def _softmax(z: np.ndarray) -> np.ndarray:
-    z = z.astype(np.float64) - z.max(axis=1, keepdims=True)
-    e = np.exp(z)
-    return e / e.sum(axis=1, keepdims=True)
-
-
-def export_onnx(
-    weights: Path, output: Path, opset: int = DEFAULT_OPSET, images: np.ndarray | None = None,
-    quantize: str | None = None, calibration: np.ndarray | None = None,
-    test_images: np.ndarray | None = None, test_labels: np.ndarray | None = None,
-) -> tuple[Path, list[ParityRow], dict[str, Any], list[QuantRow]]:
-    """Export a safetensors model to ONNX, verify it, optionally quantize it to int8, and write
-    the file atomically only if every check passes."""
-    from lenet_cli.fileio import atomic_write_bytes
-    from lenet_cli.weights import load_model
-
-    if not MIN_OPSET <= opset <= 23:
-        from lenet_cli.errors import UsageError
-
-        raise UsageError(f"--opset must be between {MIN_OPSET} and 23, got {opset}.")
-    model, info = load_model(weights, "cpu")
-    proto = export_model_proto(model, opset)
-    meta = onnx_metadata(info, opset)
-    for key, value in meta.items():
-        entry = proto.metadata_props.add()
-        entry.key, entry.value = key, value
-    proto.doc_string = "LeNet-5 digit classifier exported by lenet-cli. Input: raw pixels 0-255."
-    if images is None:
-        raise ExportError("Verification needs images.")
-    rows = verify(proto, model, images)
-    if not all(r.passed for r in rows):
-        bad = next(r for r in rows if not r.passed)
-        raise ExportError(
-            f"Verification failed at batch size {bad.batch_size}: {bad.top1_agree}/{bad.images} top-1 agree, "
-            f"max probability difference {bad.max_abs_prob_diff:.2e} (tolerance {PROB_TOLERANCE:.0e}). No file was written."
-        )
-    quant_rows: list[QuantRow] = []
-    if quantize is not None:
-        if quantize != "int8":
-            from lenet_cli.errors import UsageError
-
-            raise UsageError(f"--quantize supports only int8, got {quantize!r}.")
-        if calibration is None or test_images is None or test_labels is None:
-            raise ExportError("int8 quantization needs calibration and test images.")
-        float_proto = proto
-        proto = quantize_int8(float_proto, calibration)
-        quant_rows = compare_float_int8(float_proto, proto, test_images, test_labels)
-        f32, i8 = quant_rows
-        if i8.test_accuracy < f32.test_accuracy - QUANT_MAX_DROP:
-            raise ExportError(
-                f"The int8 model reaches {100 * i8.test_accuracy:.2f}% against {100 * f32.test_accuracy:.2f}% in float32, "
-                f"a loss above the {100 * QUANT_MAX_DROP:.1f}-point limit. No file was written.",
-                "Export without --quantize, or calibrate a better-trained model.",
-            )
-        # `metrics` describes this file; the float model's figures stay under `source_metrics`.
-        meta["source_metrics"] = meta["metrics"]
-        meta["metrics"] = json.dumps({"test_accuracy": i8.test_accuracy, "test_images": i8.test_images})
-        meta["quantization"] = json.dumps({
-            "type": "int8 static, QDQ, per-channel int8 weights, uint8 activations, MinMax calibration",
-            "calibration_images": int(len(calibration)), "test_accuracy": i8.test_accuracy,
-            "float32_test_accuracy": f32.test_accuracy, "test_images": i8.test_images,
-        })
-        del proto.metadata_props[:]
-        for key, value in meta.items():
-            entry = proto.metadata_props.add()
-            entry.key, entry.value = key, value
-        proto.doc_string = "LeNet-5 digit classifier (int8) exported by lenet-cli. Input: raw pixels 0-255."
-        quant_rows[1] = dataclasses.replace(i8, bytes=proto.ByteSize())  # the size of the file as written
-    atomic_write_bytes(Path(output), proto.SerializeToString())
-    return Path(output), rows, meta, quant_rows

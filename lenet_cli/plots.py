@@ -11,11 +11,11 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Sequence
 
 from lenet_cli.fileio import atomic_write_with
+from lenet_cli.records import EpochRecord
 
 if TYPE_CHECKING:  # pragma: no cover
     import torch
 
-    from lenet_cli.train import EpochRecord
 
 
 def _figure(**kwargs):

@@ -13,19 +13,12 @@ from typing import Any, Callable
 
 import numpy as np
 
+from lenet_cli.devices import DeviceSpec
 from lenet_cli.errors import ImageError, first_line
-
-
-# What to do about a file that failed, by its error_kind (the CLI's summary line ends with it).
-IMAGE_HINTS = {
-    "not_found": "Check the path; a quoted pattern must match existing files.",
-    "unreadable": "Check the file's permissions.",
-    "empty": "Save or download the image again.",
-    "not_image": "Pass PNG, JPEG, BMP, GIF, TIFF or WebP images.",
-    "corrupt": "Save or download the image again.",
-    "too_large": "Scale it down below 50 megapixels.",
-    "no_ink": "Pass an image with a visible digit on a plain background.",
-}
+from lenet_cli.evaluate import softmax
+from lenet_cli.fileio import atomic_write_with, ensure_dir
+from lenet_cli.images import prepare_file
+from lenet_cli.weights import bundled_onnx_path, resolve_weights_path
 
 
 @dataclass(frozen=True)
@@ -38,15 +31,13 @@ class PredictConfig:
     batch_size: int = 256  # bounds memory on big folders; one batch holds ~200 KB of pixels
 
 
-def default_model_path(weights: Path | None, device: str) -> Path:
+def default_model_path(weights: Path | None, device: DeviceSpec) -> Path:
     """--weights if given; else the bundled model, as ONNX when it will run on the CPU.
 
     A CUDA or MPS request with the bundled model goes to the PyTorch weights: the user
     asked for that device, and the bundled ONNX would need onnxruntime-gpu.
     """
-    from lenet_cli.weights import bundled_onnx_path, resolve_weights_path
-
-    if weights is None and device in ("auto", "cpu") and bundled_onnx_path().is_file():
+    if weights is None and device.kind in ("auto", "cpu") and bundled_onnx_path().is_file():
         return bundled_onnx_path()
     return resolve_weights_path(weights)
 
@@ -71,9 +62,6 @@ def predict_files(
 
     `logits_fn` maps uint8 (N, 28, 28) to logits (N, 10): a backend's `logits`.
     """
-    from lenet_cli.backends import softmax
-    from lenet_cli.images import prepare_file
-
     rows: list[dict[str, Any]] = []
     pending: list[tuple[dict[str, Any], np.ndarray]] = []
     used_names: set[str] = set()
@@ -117,8 +105,6 @@ def predict_files(
 def save_preview(pixels: np.ndarray, target: Path) -> Path:
     """Write the 28x28 image the model saw, atomically."""
     from PIL import Image
-
-    from lenet_cli.fileio import atomic_write_with, ensure_dir
 
     ensure_dir(target.parent, "--save-preview")
     atomic_write_with(target, lambda tmp: Image.fromarray(pixels).save(tmp, format="PNG"))

@@ -22,7 +22,7 @@ from lenet_cli.fileio import atomic_write_bytes
 if TYPE_CHECKING:  # pragma: no cover
     import torch
 
-    from lenet_cli.model import LeNet5, ModelConfig
+    from lenet_cli.model import LeNet5, ModelConfig  # model.py imports torch: used inside functions
 
 FORMAT_TAG = "lenet-cli/weights-v1"
 BUNDLED_NAME = "lenet5-modern.safetensors"
@@ -74,15 +74,6 @@ def resolve_weights_path(weights: Path | None) -> Path:
     return path
 
 
-def file_sha256(path: Path) -> str:
-    """Hex SHA-256 of a file (identifies the source weights of an export)."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
 def build_metadata(
     model: "LeNet5",
     training: dict[str, Any] | None = None,
@@ -125,6 +116,21 @@ def save_weights(
     base = getattr(model, "_orig_mod", model)
     data = save(state_tensors(base), metadata=build_metadata(base, training, metrics))
     return atomic_write_bytes(Path(path), data)
+
+
+def save_state(
+    path: Path,
+    cfg: "ModelConfig",
+    state: dict[str, "torch.Tensor"],
+    training: dict[str, Any] | None = None,
+    metrics: dict[str, Any] | None = None,
+) -> Path:
+    """Save a state dict of the model `cfg` describes (built and loaded first, so it must fit)."""
+    from lenet_cli.model import build_model
+
+    model = build_model(cfg)
+    model.load_state_dict(state)
+    return save_weights(path, model, training=training, metrics=metrics)
 
 
 def read_info(path: Path) -> tuple[WeightsInfo, dict[str, "torch.Tensor"]]:
@@ -196,7 +202,7 @@ def load_model(path: Path, device: "torch.device | str" = "cpu") -> tuple["LeNet
     except (ValueError, KeyError, TypeError, RuntimeError) as exc:
         raise WeightsError(f"{path} describes a model this version cannot build ({first_line(exc, 200)}).",
                            "Re-create it with `lenet train`.") from exc
-    problem = _mismatch(reference, tensors)
+    problem = mismatch(reference, tensors)
     if problem:
         raise WeightsError(
             f"{path} does not match the '{preset}' LeNet-5 it describes: {problem}.",
@@ -237,7 +243,7 @@ def reference_tensors(cfg: "ModelConfig") -> dict[str, "torch.Tensor"]:
         return build_model(cfg).state_dict()
 
 
-def _mismatch(expected: dict[str, "torch.Tensor"], tensors: dict[str, "torch.Tensor"]) -> str:
+def mismatch(expected: dict[str, "torch.Tensor"], tensors: dict[str, "torch.Tensor"]) -> str:
     """'' when the tensors have exactly the expected names and shapes, else what differs first."""
     missing = sorted(set(expected) - set(tensors))
     if missing:

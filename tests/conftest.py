@@ -14,6 +14,10 @@ import numpy as np
 import pytest
 
 REAL_MNIST_ENV = "LENET_TEST_MNIST_DIR"
+# The suite runs the device-generic layers (what CUDA runs) on the CPU too; kernels.py's CPU-only
+# speed paths are the explicit exception, held to the plain layers in test_kernels.py. Set at
+# import, so session fixtures and subprocesses (which inherit the environment) get it as well.
+os.environ["LENET_CPU_KERNELS"] = "0"
 
 
 def render_digits(n: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
@@ -81,10 +85,12 @@ def real_mnist() -> Path:
 def trained_weights(tiny_mnist, tmp_path_factory) -> Path:
     """A small model trained on the synthetic set through the real training code."""
     from lenet_cli.data import load_split, train_val_split
-    from lenet_cli.train import TrainConfig, save_run, train
+    from lenet_cli.records import TrainConfig
+    from lenet_cli.runs import save_run
+    from lenet_cli.train import train
     import torch
 
-    cfg = TrainConfig(epochs=2, batch_size=64, val_size=100, device="cpu")
+    cfg = TrainConfig(epochs=2, batch_size=64, val_size=100)
     full = load_split(tiny_mnist, "train", allow_download=False)
     tr, va = train_val_split(full, cfg.val_size)
     result = train(cfg, tr, va, torch.device("cpu"))

@@ -13,7 +13,7 @@ import pytest
 from typer.testing import CliRunner
 
 from lenet_cli import __version__
-from lenet_cli.cli import app
+from lenet_cli.cli.app import app
 
 runner = CliRunner()
 

@@ -4,12 +4,10 @@ from __future__ import annotations
 
 import gzip
 import json
-from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
-import torch.nn.functional as F
 
 from lenet_cli import data, devices, model as model_mod, weights as weights_mod
 from lenet_cli.errors import DataError, DeviceError, ImageError, UsageError, WeightsError
@@ -54,63 +52,13 @@ def test_model_config_json_roundtrip_and_unknown_keys():
         model_mod.ModelConfig.from_json(json.dumps(bad))
 
 
-@pytest.mark.parametrize("overrides", [
-    {},  # modern: conv -> pool -> norm -> ReLU
-    {"pool_first": False},  # lenet 0.1.0's modern: conv -> norm -> ReLU -> pool
-    {"batch_norm": False},
-    {"batch_norm": False, "pool_first": False},
-    {"activation": "scaled_tanh"},
-    {"activation": "scaled_tanh", "pool_first": False},
-])
-def test_fast_cpu_kernels_match_plain_layers(overrides):
-    """The polyphase C1 block and the channels-last pool compute the plain layers' function and gradients."""
-    torch.manual_seed(0)
-    m = model_mod.build_model(model_mod.ModelConfig(dropout=0.0, **overrides)).train()
-    x = torch.rand(24, 1, 28, 28) * 255
-    x[:3] = 0  # blank images: every 2x2 window ties
-    results = []
-    for fast in (True, False):
-        m.fast_cpu_kernels = fast
-        m.zero_grad()
-        out = m(x)
-        out.square().sum().backward()
-        results.append((out.detach(), {n: p.grad.clone() for n, p in m.named_parameters()}))
-    (out_fast, grads_fast), (out_plain, grads_plain) = results
-    torch.testing.assert_close(out_fast, out_plain, rtol=1e-5, atol=1e-5)
-    for name, g in grads_plain.items():
-        scale = g.abs().max().item() or 1.0
-        assert (grads_fast[name] - g).abs().max().item() <= 1e-4 * scale, name
-    m.eval()  # inference (batch >= 16) takes the fast path too
-    with torch.inference_mode():
-        m.fast_cpu_kernels = True
-        fast = m(x)
-        m.fast_cpu_kernels = False
-        torch.testing.assert_close(fast, m(x), rtol=1e-5, atol=1e-5)
-
-
-def test_max_over_phases_is_max_pooling_with_its_gradient():
-    """On the 2x2 phases of an image, the phase max is max_pool2d: values, and gradients on ties too."""
-    torch.manual_seed(0)
-    img = torch.randn(5, 3, 14, 14)
-    img[:, 0] = 1.0  # every window ties
-    img[:, 1, :, ::2] = img[:, 1, :, 1::2]  # ties between columns
-    img.requires_grad_(True)
-    # z[:, 2*a + d, c, i, j] = img[:, c, 2*i + a, 2*j + d]: phase (a, d) in raster order
-    z = img.view(5, 3, 7, 2, 7, 2).permute(0, 3, 5, 1, 2, 4).reshape(5, 4, 3, 7, 7)
-    g = torch.rand(5, 3, 7, 7) + 0.5
-    (grad_phases,) = torch.autograd.grad(model_mod._max_over_phases(z), img, g)
-    (grad_pool,) = torch.autograd.grad(F.max_pool2d(img, 2), img, g)
-    torch.testing.assert_close(model_mod._max_over_phases(z), F.max_pool2d(img, 2))
-    assert torch.equal(grad_phases, grad_pool)
-
-
 @pytest.mark.parametrize("pool_first", [True, False])
 @pytest.mark.parametrize("negative_scale", [False, True])
 def test_export_folds_batch_norm_where_exact(pool_first, negative_scale):
     import onnx
     import onnxruntime as ort
 
-    from lenet_cli.onnx_io import export_model_proto
+    from lenet_cli.onnx_io import export_model_proto, fold_batch_norm
 
     torch.manual_seed(0)
     m = model_mod.build_model(model_mod.ModelConfig(pool_first=pool_first))
@@ -126,7 +74,7 @@ def test_export_folds_batch_norm_where_exact(pool_first, negative_scale):
     x = torch.rand(16, 1, 28, 28) * 255
     with torch.no_grad():
         expected = m(x)
-        torch.testing.assert_close(model_mod.for_inference(m)(x), expected, rtol=1e-4, atol=1e-4)
+        torch.testing.assert_close(fold_batch_norm(m)(x), expected, rtol=1e-4, atol=1e-4)
     proto = export_model_proto(m)
     ops = {n.op_type for n in proto.graph.node}
     # After a max pool, a negative scale does not commute with max: that model keeps its batch norm.
@@ -134,7 +82,6 @@ def test_export_folds_batch_norm_where_exact(pool_first, negative_scale):
     session = ort.InferenceSession(proto.SerializeToString(), providers=["CPUExecutionProvider"])
     got = session.run(None, {session.get_inputs()[0].name: x.numpy()})[0]
     np.testing.assert_allclose(got, expected.numpy(), rtol=1e-4, atol=1e-4)
-    assert m.fast_cpu_kernels  # export switches them off for the graph only
     onnx.checker.check_model(proto)
 
 
@@ -163,7 +110,7 @@ def test_pool_first_is_modern_and_missing_means_pool_last():
 def test_keep_freed_memory_is_a_no_op_off_linux(monkeypatch):
     import ctypes
 
-    from lenet_cli import train as train_mod
+    from lenet_cli import recipe as train_mod
 
     def refuse(*args, **kwargs):
         raise AssertionError("libc must not be loaded here")
@@ -182,7 +129,7 @@ def test_plots_do_not_import_pyplot(tmp_path):
     import sys
 
     code = (
-        "import sys; from pathlib import Path; from lenet_cli import plots; from lenet_cli.train import EpochRecord\n"
+        "import sys; from pathlib import Path; from lenet_cli import plots; from lenet_cli.records import EpochRecord\n"
         "h = [EpochRecord(i, 1 / i, 0.9, 1 / i, 0.9, 0.1, 1.0, 1.0) for i in (1, 2)]\n"
         f"plots.save_training_curves(h, Path({str(tmp_path / 'c.png')!r}))\n"
         f"plots.save_confusion_matrix([[5, 1], [0, 7]], Path({str(tmp_path / 'm.png')!r}))\n"
@@ -198,13 +145,13 @@ def test_plots_do_not_import_pyplot(tmp_path):
 
 @pytest.mark.parametrize("spec", ["auto", "cpu", "cuda", "cuda:1", "mps", " CPU "])
 def test_device_spec_valid(spec):
-    devices.parse_device_spec(spec)
+    devices.parse_device(spec)
 
 
 @pytest.mark.parametrize("spec", ["gpu", "cuda:", "cpu:0", "mps:1", "tpu", ""])
 def test_device_spec_invalid(spec):
     with pytest.raises(UsageError, match="Invalid device"):
-        devices.parse_device_spec(spec)
+        devices.parse_device(spec)
 
 
 def test_cuda_absent_is_an_error_not_a_fallback(monkeypatch):
@@ -284,7 +231,7 @@ def test_val_split_is_disjoint_and_fixed(tiny_mnist):
 def test_training_learns_and_is_deterministic(tiny_mnist):
     full = data.load_split(tiny_mnist, "train", allow_download=False)
     tr, va = data.train_val_split(full, 100)
-    cfg = TrainConfig(epochs=3, batch_size=32, lr=5e-3, val_size=100, device="cpu", seed=3)
+    cfg = TrainConfig(epochs=3, batch_size=32, lr=5e-3, val_size=100, seed=3)
     r1 = train(cfg, tr, va, torch.device("cpu"))
     r2 = train(cfg, tr, va, torch.device("cpu"))
     assert len(r1.history) == 3

@@ -25,11 +25,11 @@ import numpy as np
 import pytest
 from typer.testing import CliRunner
 
-from lenet_cli import cli
-from lenet_cli.cli import app
+from lenet_cli.cli import app as cli_app
+from lenet_cli.cli.app import app
 
 runner = CliRunner()
-ASSETS = Path(cli.__file__).parent / "assets"
+ASSETS = Path(cli_app.__file__).parents[1] / "assets"
 BUNDLED_ST = ASSETS / "lenet5-modern.safetensors"
 BUNDLED_ONNX = ASSETS / "lenet5-modern.onnx"
 
@@ -627,7 +627,7 @@ def test_disk_full(command, monkeypatch, tmp_path, tiny_mnist, digit_png):
 
 
 def test_debug_shows_the_traceback(monkeypatch, tmp_path, tiny_mnist):
-    monkeypatch.setitem(cli._state, "debug", False)  # restored after the test: --debug sets it
+    monkeypatch.setitem(cli_app.state, "debug", False)  # restored after the test: --debug sets it
     bad = tmp_path / "bad.safetensors"
     bad.write_bytes(b"\x00" * 64)
     plain = invoke("eval", "--weights", bad, "--data-dir", tiny_mnist, "--no-plots")

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from typer.testing import CliRunner
 
-from lenet_cli.cli import app
+from lenet_cli.cli.app import app
 from lenet_cli.errors import DeviceError
 
 runner = CliRunner()
@@ -23,11 +23,11 @@ def invoke(*args):
 def test_int8_export_writes_a_compared_quantized_model(tiny_mnist, trained_weights, tmp_path, monkeypatch):
     import onnx
 
-    import lenet_cli.onnx_io as onnx_io
+    import lenet_cli.export as export
 
     # 200 synthetic test images: one image is half a point, so the accuracy gate is relaxed here
     # (its own behaviour is tested below); on real MNIST the 0.5-point limit applies.
-    monkeypatch.setattr(onnx_io, "QUANT_MAX_DROP", 1.0)
+    monkeypatch.setattr(export, "QUANT_MAX_DROP", 1.0)
     monkeypatch.chdir(tmp_path)
     result = invoke("export", "--onnx", "--quantize", "int8", "--weights", trained_weights,
                     "--data-dir", tiny_mnist, "--no-download", "--json")
@@ -59,9 +59,9 @@ def test_int8_export_writes_a_compared_quantized_model(tiny_mnist, trained_weigh
 
 
 def test_int8_that_loses_accuracy_is_refused_and_writes_nothing(tiny_mnist, trained_weights, tmp_path, monkeypatch):
-    import lenet_cli.onnx_io as onnx_io
+    import lenet_cli.export as export
 
-    monkeypatch.setattr(onnx_io, "QUANT_MAX_DROP", -1.0)  # no model can pass: the refusal path runs
+    monkeypatch.setattr(export, "QUANT_MAX_DROP", -1.0)  # no model can pass: the refusal path runs
     out = tmp_path / "q.onnx"
     out.write_bytes(b"an earlier, good file")
     result = invoke("export", "--onnx", "--quantize", "int8", "--weights", trained_weights, "--output", out,

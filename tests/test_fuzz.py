@@ -19,7 +19,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings, strategies as st
 from typer.testing import CliRunner
 
-from lenet_cli.cli import app
+from lenet_cli.cli.app import app
 from lenet_cli.weights import bundled_onnx_path, bundled_weights_path
 
 runner = CliRunner()

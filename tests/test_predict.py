@@ -14,7 +14,7 @@ import pytest
 from typer.testing import CliRunner
 
 import handwriting
-from lenet_cli.cli import app
+from lenet_cli.cli.app import app
 
 runner = CliRunner()
 
@@ -255,7 +255,7 @@ def test_bad_input_is_reported_in_its_row_and_others_still_run(tmp_path, name):
 
 
 def test_unreadable_file(tmp_path, monkeypatch):
-    import lenet_cli.images as images
+    import lenet_cli.imagefiles as imagefiles
 
     path = tmp_path / "locked.png"
     digit_image().save(path)
@@ -263,7 +263,7 @@ def test_unreadable_file(tmp_path, monkeypatch):
     def deny(*args, **kwargs):
         raise PermissionError(13, "Permission denied")
 
-    monkeypatch.setattr(images, "open", deny, raising=False)  # root can read anything; simulate the denial
+    monkeypatch.setattr(imagefiles, "open", deny, raising=False)  # root can read anything; simulate the denial
     code, report = predict(path)
     assert code == 1
     assert report["results"][0]["error_kind"] == "unreadable"
@@ -372,10 +372,10 @@ def test_an_unexpected_failure_in_one_file_is_its_row_only(tmp_path, monkeypatch
 
     real = images.to_mnist
 
-    def flaky(gray, alpha=None, invert=None, steps=None):
+    def flaky(gray, alpha=None, invert=None):
         if gray.shape[0] == 77:
             raise ZeroDivisionError("division by zero")
-        return real(gray, alpha, invert, steps)
+        return real(gray, alpha, invert)
 
     monkeypatch.setattr(images, "to_mnist", flaky)
     from PIL import Image
@@ -410,7 +410,7 @@ def test_unwritable_preview_folder_fails_before_work(tmp_path):
 def test_default_path_does_not_import_torch(tmp_path):
     digit_image(3, "marker").save(tmp_path / "d.png")
     code = (
-        "import sys\nfrom lenet_cli.cli import main\n"
+        "import sys\nfrom lenet_cli.cli.app import main\n"
         f"sys.argv = ['lenet', 'predict', {str(tmp_path / 'd.png')!r}, '--json']\n"
         "try:\n    main()\nexcept SystemExit as e:\n    assert e.code in (0, None), e.code\n"
         "print('TORCH' if 'torch' in sys.modules else 'NOTORCH')"
@@ -440,6 +440,8 @@ def test_bundled_onnx_is_the_bundled_weights():
     """The shipped ONNX file was exported from the shipped safetensors file (same hash, same outputs)."""
     import hashlib
 
+    import torch
+
     from lenet_cli.backends import OnnxBackend, TorchBackend
     from lenet_cli.weights import bundled_onnx_path, bundled_weights_path
 
@@ -449,7 +451,7 @@ def test_bundled_onnx_is_the_bundled_weights():
     x = np.stack([np.asarray(handwriting.render(d, "marker", np.random.default_rng(d)).image.convert("L").resize((28, 28)))
                   for d in range(10)])
     a = onnx_backend.logits(x)
-    b = TorchBackend(bundled_weights_path(), "cpu").logits(x)
+    b = TorchBackend(bundled_weights_path(), torch.device("cpu")).logits(x)
     assert np.allclose(a, b, atol=1e-4)
 
 

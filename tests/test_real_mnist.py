@@ -8,7 +8,7 @@ import shutil
 import pytest
 from typer.testing import CliRunner
 
-from lenet_cli.cli import app
+from lenet_cli.cli.app import app
 
 runner = CliRunner()
 

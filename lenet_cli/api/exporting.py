@@ -1,0 +1,78 @@
+"""`lenet export --onnx`: export, verify, optionally quantize to int8, write atomically."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from lenet_cli.data import load_split, resolve_data_dir
+from lenet_cli.errors import OutputError
+from lenet_cli.events import Events
+from lenet_cli.export import check_options, export_onnx
+from lenet_cli.fileio import ensure_dir
+from lenet_cli.onnx_io import PROB_TOLERANCE, ParityRow
+from lenet_cli.quantize import CALIBRATION_IMAGES, QUANT_MAX_DROP, QuantRow
+from lenet_cli.weights import resolve_weights_path
+
+
+@dataclass(frozen=True)
+class ExportRequest:
+    """`lenet export --onnx`: which weights, where to, which opset, whether to quantize."""
+
+    weights: Path | None = None
+    output: Path | None = None  # None: lenet5.onnx, or lenet5-int8.onnx with quantize="int8"
+    opset: int = 18
+    quantize: str | None = None
+    data_dir: Path | None = None
+    allow_download: bool = True
+
+
+@dataclass
+class ExportReport:
+    """The written file, its verification against PyTorch and, for int8, the comparison with float32."""
+
+    weights: Path
+    output: Path
+    opset: int
+    bytes: int
+    verification: list[ParityRow]
+    metadata: dict[str, str]
+    quantize: str | None = None
+    quantization: list[QuantRow] = field(default_factory=list)
+    tolerance: float = PROB_TOLERANCE
+
+    def to_dict(self) -> dict[str, Any]:
+        """The JSON of `lenet export --json`."""
+        data: dict[str, Any] = {
+            "weights": str(self.weights), "output": str(self.output), "opset": self.opset, "bytes": self.bytes,
+            "tolerance": self.tolerance, "verification": [vars(r) for r in self.verification], "metadata": self.metadata,
+        }
+        if self.quantize:
+            data["quantization"] = {"type": self.quantize, "max_accuracy_drop": QUANT_MAX_DROP,
+                                    "comparison": [vars(r) for r in self.quantization]}
+        return data
+
+
+def export(request: ExportRequest, events: Events | None = None) -> ExportReport:
+    """Export, verify, optionally quantize, write (atomically, only when every check passes)."""
+    events = events or Events()
+    output = request.output or Path("lenet5-int8.onnx" if request.quantize else "lenet5.onnx")
+    check_options(request.opset, request.quantize, output)
+    path = resolve_weights_path(request.weights)
+    ensure_dir(output.parent, "--output")  # an unwritable --output fails before the export, not after it
+    if output.is_dir():
+        raise OutputError(f"--output {output} is a directory.", "Give a file name, e.g. --output model.onnx.")
+    folder = resolve_data_dir(request.data_dir)
+    test = load_split(folder, "test", allow_download=request.allow_download)
+    images, labels = test.images.numpy(), test.labels.numpy()
+    calibration = None
+    if request.quantize:
+        # Calibrate on training images: the test set only ever measures.
+        train_split = load_split(folder, "train", allow_download=request.allow_download)
+        calibration = train_split.images[:CALIBRATION_IMAGES].numpy()
+    what = f"Exporting {path.name} to ONNX opset {request.opset}" + (" and quantizing to int8" if request.quantize else "")
+    with events.stage(f"{what}, verifying ..."):
+        written, rows, meta, quant_rows = export_onnx(path, output, request.opset, images[:256], request.quantize,
+                                                      calibration, images, labels)
+    return ExportReport(path, written, request.opset, written.stat().st_size, rows, meta, request.quantize, quant_rows)

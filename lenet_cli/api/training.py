@@ -1,0 +1,150 @@
+"""`lenet train`: load MNIST, train (or resume), save the run folder, score best.safetensors on the test set."""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from lenet_cli.checkpoint import load_checkpoint, save_checkpoint
+from lenet_cli.data import MnistSplit, load_split, resolve_data_dir, train_val_split
+from lenet_cli.devices import AUTO, DeviceSpec, describe_device, parse_device, resolve_device
+from lenet_cli.errors import UsageError
+from lenet_cli.evaluate import EvalResult, metrics_from_logits, torch_logits
+from lenet_cli.events import Events
+from lenet_cli.fileio import ensure_dir
+from lenet_cli.records import TrainConfig, TrainResult, TrainState
+from lenet_cli.runs import checkpoint_path, new_run_dir, resume_command, save_run
+from lenet_cli.signals import StopSignal
+from lenet_cli.train import train as train_loop
+
+
+@dataclass(frozen=True)
+class TrainRequest:
+    """`lenet train`: the recipe, and where the run happens."""
+
+    config: TrainConfig = TrainConfig()
+    device: DeviceSpec = AUTO
+    data_dir: Path | None = None
+    output_dir: Path | None = None  # None: runs/train-<time>, or the resumed run's folder
+    allow_download: bool = True
+    resume: Path | None = None  # a run folder or its checkpoint.safetensors
+
+
+@dataclass
+class TrainReport:
+    """What a training run did: its result, the test figures of best.safetensors, its files."""
+
+    config: TrainConfig
+    device: DeviceSpec  # asked for
+    device_name: str  # used
+    checkpoint: Path
+    resume_command: str
+    result: TrainResult
+    test: EvalResult | None = None  # None when stopped inside the first epoch
+    files: dict[str, Path] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        """The JSON of `lenet train --json`."""
+        r = self.result
+        config = self.config.to_dict() | {"device": str(self.device)}
+        if self.test is None:
+            return {"config": config, "interrupted": True, "checkpoint": str(self.checkpoint),
+                    "resume_command": self.resume_command, "history": [], "train_seconds": r.train_seconds}
+        return {
+            "config": config, "param_count": r.param_count, "device": self.device_name,
+            "train_seconds": r.train_seconds, "best_epoch": r.best_epoch,
+            "val_accuracy": r.best.val_acc if r.best else None,
+            "test_accuracy": self.test.accuracy, "test_loss": self.test.loss, "interrupted": r.interrupted,
+            "resume_command": self.resume_command if r.interrupted else None,
+            "history": [vars(h) for h in r.history], "files": {k: str(v) for k, v in self.files.items()},
+        }
+
+
+def resolve_resume(request: TrainRequest) -> tuple[TrainConfig, DeviceSpec, TrainState]:
+    """The checkpoint's settings and device; settings given in the request must agree with them.
+
+    A setting counts as given when it differs from the default (the command line cannot tell more).
+    """
+    assert request.resume is not None
+    state = load_checkpoint(checkpoint_path(request.resume))
+    given, saved, default = request.config, state.config, TrainConfig()
+    clash = [f.name for f in dataclasses.fields(TrainConfig)
+             if getattr(given, f.name) != getattr(default, f.name) and getattr(given, f.name) != getattr(saved, f.name)]
+    if clash:
+        flags = ", ".join("--" + name.replace("_", "-") for name in clash)
+        verb = "differs" if len(clash) == 1 else "differ"
+        raise UsageError(f"--resume continues the run with the settings it was started with; {flags} {verb}.",
+                         f"Drop {flags}, or start a new run without --resume.")
+    device = request.device if not request.device.is_auto else parse_device(state.device)
+    return saved, device, state
+
+
+def _load_training_data(request: TrainRequest, cfg: TrainConfig, events: Events
+                        ) -> tuple[MnistSplit, MnistSplit, MnistSplit]:
+    root = resolve_data_dir(request.data_dir)
+    with events.stage(f"Loading MNIST from {root} ..."):
+        full = load_split(root, "train", allow_download=request.allow_download)
+        test = load_split(root, "test", allow_download=request.allow_download)
+    if cfg.val_size >= len(full):
+        raise UsageError(f"--val-size {cfg.val_size} leaves no training images (the training set has {len(full)}).",
+                         f"Use a --val-size below {len(full)}; the default is 5000.")
+    train_split, val_split = train_val_split(full, cfg.val_size)
+    return train_split, val_split, test
+
+
+def train(request: TrainRequest, events: Events | None = None) -> TrainReport:
+    """Load data, train, save everything, evaluate best.safetensors on the test set.
+
+    A checkpoint is written after every epoch and when Ctrl-C or SIGTERM stops the run
+    mid-epoch; `request.resume` continues a stopped run. The test set is used once, for the
+    report; never for choosing the epoch.
+    """
+    from lenet_cli.model import PRESETS  # model.py imports torch
+
+    events = events or Events()
+    cfg, spec, state = request.config, request.device, None
+    cfg.validate()
+    if cfg.preset not in PRESETS:
+        raise UsageError(f"Unknown --arch {cfg.preset!r}.", f"Choose one of: {', '.join(PRESETS)}.")
+    out_dir = request.output_dir
+    if request.resume is not None:
+        cfg, spec, state = resolve_resume(request)
+        out_dir = out_dir or checkpoint_path(request.resume).parent
+    out_dir = new_run_dir("train", out_dir)
+    device = resolve_device(spec)
+    ensure_dir(out_dir)  # fail on an unwritable output dir before spending minutes training
+    train_split, val_split, test = _load_training_data(request, cfg, events)
+    checkpoint = checkpoint_path(out_dir)
+    again = resume_command(checkpoint, request.data_dir, str(spec))
+    stop = StopSignal()
+    stop.on_request.append(lambda: events.warn("Stopping at the end of this step to save a checkpoint "
+                                               "(press Ctrl-C again to quit at once)."))
+    saved = {"checkpoint": False}
+
+    def keep(snapshot: TrainState) -> None:
+        save_checkpoint(checkpoint, dataclasses.replace(snapshot, device=str(spec)))
+        saved["checkpoint"] = True
+
+    # The handler stays on through the test evaluation and the saving: a Ctrl-C there must not
+    # cost the weights of a finished run (the run simply completes).
+    with stop.catch_signals():
+        try:
+            result = train_loop(cfg, train_split, val_split, device, events, resume=state, stop=stop,
+                                on_checkpoint=keep)
+        except KeyboardInterrupt:
+            if saved["checkpoint"] or state is not None:
+                events.warn(f"Aborted. The last checkpoint is {checkpoint}; continue with:")
+                events.note(f"  {again}")
+            raise
+        report = TrainReport(cfg, spec, describe_device(device), checkpoint, again, result)
+        if not result.history:  # stopped inside the first epoch: only the checkpoint exists
+            return report
+        model = result.model
+        model.load_state_dict({k: v.to(device) for k, v in result.best_state.items()})
+        report.test = metrics_from_logits(torch_logits(model, test.images.to(device)), test.labels)
+        test_metrics = {"test_accuracy": report.test.accuracy, "test_loss": report.test.loss}
+        report.files = save_run(result, cfg, out_dir, test_metrics, device=str(spec))
+        report.files["checkpoint"] = checkpoint
+    return report

@@ -1,0 +1,125 @@
+"""`lenet train`: its options, one call into the API, its rendering."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+from rich.table import Table
+
+from lenet_cli import api
+from lenet_cli.cli.console import RichEvents, epoch_table, key_value_table, note, out, pct, print_json, warn
+from lenet_cli.cli.options import DataDirOpt, DeviceOpt, JsonOpt, NoDownloadOpt, device_spec, examples
+from lenet_cli.errors import EXIT_INTERRUPTED
+from lenet_cli.records import TrainConfig
+
+D = TrainConfig()  # the defaults of every option below come from the config, not repeated here
+
+EPILOG = examples(
+    "lenet train  # 15 epochs, modern preset, auto device",
+    "lenet train --epochs 15 --device cuda --seed 1",
+    "lenet train --arch classic --output-dir runs/classic",
+    "lenet train --epochs 1 --dry-run  # one batch per epoch: check the set-up",
+    "lenet train --resume runs/train-20261121-101500  # continue a stopped run (its folder or checkpoint)",
+)
+FILE_LABELS = (("best", "best weights"), ("last", "last weights"), ("curves", "curves"),
+               ("history_csv", "history (CSV)"), ("history_json", "history (JSON)"), ("checkpoint", "checkpoint"))
+
+
+def train(
+    epochs: Annotated[int, typer.Option(help="Passes over the training set.", min=1)] = D.epochs,
+    device: DeviceOpt = "auto",
+    batch_size: Annotated[int, typer.Option("--batch-size", "-b", help="Images per step.", min=1)] = D.batch_size,
+    lr: Annotated[float, typer.Option(help="Peak learning rate (one-cycle schedule).")] = D.lr,
+    seed: Annotated[int, typer.Option(help="Random seed: same seed and device give the same weights.")] = D.seed,
+    arch: Annotated[str, typer.Option("--arch", "--preset", help="Model preset: modern | classic.")] = D.preset,
+    data_dir: DataDirOpt = None,
+    output_dir: Annotated[
+        Optional[Path], typer.Option("--output-dir", "-o", help="Where weights, history and curves go. "
+                                     "[default: runs/train-<time>]", show_default=False)
+    ] = None,
+    val_size: Annotated[int, typer.Option(help="Training images held out for validation (model selection).",
+                                          min=0)] = D.val_size,
+    weight_decay: Annotated[float, typer.Option(help="AdamW/SGD weight decay.", min=0.0)] = D.weight_decay,
+    optimizer: Annotated[str, typer.Option(help="adamw | sgd.")] = D.optimizer,
+    augment: Annotated[bool, typer.Option("--augment/--no-augment",
+                                          help="Random rotation/scale/shift of training digits.")] = D.augment,
+    label_smoothing: Annotated[float, typer.Option(help="Cross-entropy label smoothing.", min=0.0,
+                                                   max=0.99)] = D.label_smoothing,
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="One batch per epoch, to check that everything runs.")] = False,
+    no_download: NoDownloadOpt = False,
+    resume: Annotated[
+        Optional[Path], typer.Option("--resume", help="Continue a stopped run from its checkpoint.safetensors "
+                                     "(or its folder), with the settings it was started with.", show_default=False)
+    ] = None,
+    json_out: JsonOpt = False,
+) -> None:
+    """Train LeNet-5 on MNIST and save the weights as safetensors.
+
+    Holds out --val-size training images to measure every epoch. best.safetensors
+    is the last epoch of a finished run (the one-cycle schedule ends at its best);
+    a stopped run keeps the epoch with the best validation accuracy. The 10,000
+    test images are only used for the final report. Also writes last.safetensors,
+    history.csv, history.json and curves.png.
+    """
+    cfg = TrainConfig(preset=arch, epochs=epochs, batch_size=batch_size, lr=lr, weight_decay=weight_decay,
+                      optimizer=optimizer, label_smoothing=label_smoothing, augment=augment, val_size=val_size,
+                      seed=seed, dry_run=dry_run)
+    request = api.TrainRequest(config=cfg, device=device_spec(device), data_dir=data_dir, output_dir=output_dir,
+                               allow_download=not no_download, resume=resume)
+    with RichEvents() as events:
+        report = api.train(request, events)
+    if json_out:
+        print_json(report.to_dict())
+    elif report.test is not None:
+        render(report)
+    _say_how_to_continue(report)
+    if report.result.interrupted:
+        raise typer.Exit(EXIT_INTERRUPTED)
+
+
+def render(report: api.TrainReport) -> None:
+    """The epoch table, the result, the files and what to run next."""
+    result, test = report.result, report.test
+    assert test is not None
+    best = result.best
+    out.print(epoch_table(result.history, result.best_epoch))
+    out.print(key_value_table("Result", [
+        ("preset", f"{report.config.preset} ({result.param_count:,} parameters)"),
+        ("device", report.device_name),
+        ("training time", f"{result.train_seconds:.1f}s"),
+        ("best epoch", f"{result.best_epoch} (validation accuracy {pct(best.val_acc) if best else 'n/a'})"),
+        ("test accuracy", f"{pct(test.accuracy)}  ({test.count - test.correct} errors of {test.count:,})"),
+        ("test loss", f"{test.loss:.4f}"),
+    ]))
+    files = Table(title="Files", title_justify="left", show_header=False)
+    files.add_column(style="bold")
+    files.add_column()
+    for key, label in FILE_LABELS:
+        if key in report.files:
+            files.add_row(label, str(report.files[key]))
+    out.print(files)
+    best_path = report.files.get("best", report.checkpoint.parent / "best.safetensors")
+    out.print("[bold]Next:[/]")
+    out.print(f"  lenet eval --weights {best_path}", soft_wrap=True)
+    out.print(f"  lenet predict digit.png --weights {best_path}", soft_wrap=True)
+    out.print(f"  lenet export --onnx --weights {best_path} --output {best_path.with_suffix('.onnx')}", soft_wrap=True)
+
+
+def _say_how_to_continue(report: api.TrainReport) -> None:
+    """After a stopped run: where things are and the command that continues it (stderr)."""
+    result = report.result
+    if not result.interrupted:
+        return
+    if report.test is None:  # stopped inside the first epoch: only the checkpoint exists
+        epoch, done, steps = result.stopped_in
+        warn(f"Stopped in epoch {epoch} after step {done}/{steps}; checkpoint saved to {report.checkpoint}. "
+             "Continue with:")
+    else:
+        where = (f"in epoch {result.stopped_in[0]} after step {result.stopped_in[1]}/{result.stopped_in[2]}"
+                 if result.stopped_in else f"after epoch {result.history[-1].epoch}")
+        warn(f"Stopped {where}. The weights of the completed epochs are in {report.checkpoint.parent}; "
+             f"the checkpoint is {report.checkpoint}. Continue with:")
+    note(f"  {report.resume_command}")
+

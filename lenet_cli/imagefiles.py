@@ -1,0 +1,143 @@
+"""Image files: decode one into grey levels (and alpha), and expand files, folders and globs.
+
+Only Pillow and numpy: `lenet predict` must not import torch.
+"""
+
+from __future__ import annotations
+
+import stat
+import warnings
+from pathlib import Path
+
+import numpy as np
+
+from lenet_cli.errors import ImageError, first_line
+
+MAX_PIXELS = 50_000_000  # refuse absurdly large images (decompression bombs)
+SUPPORTED = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp")
+
+
+class _UnsupportedMode(Exception):
+    """A decoded image whose pixel format cannot be made grey."""
+
+
+def load_gray(path: Path) -> tuple[np.ndarray, np.ndarray | None]:
+    """Decode an image file into float32 grey levels in [0, 1] and, if it has one, an alpha map."""
+    from PIL import Image, ImageOps, UnidentifiedImageError
+
+    Image.MAX_IMAGE_PIXELS = MAX_PIXELS
+    path = Path(path)
+    if not path.exists():
+        raise ImageError(f"{path}: file not found.", kind="not_found")
+    if path.is_dir():
+        raise ImageError(f"{path}: is a folder whose images could not be listed.", kind="unreadable")
+    try:
+        fh = open(path, "rb")  # noqa: SIM115 - closed below; opened here to tell "unreadable" apart
+    except OSError as exc:
+        raise ImageError(f"{path}: cannot read the file ({exc.strerror or exc}).", kind="unreadable") from exc
+    with fh, warnings.catch_warnings():
+        # Pillow warns about damaged metadata ("Corrupt EXIF data", "Tag data larger than file") on
+        # stderr, over the one line the user gets; whether the pixels decode is what counts.
+        warnings.simplefilter("ignore")
+        # Pillow only warns between 1x and 2x its pixel limit; here that is an error too.
+        warnings.simplefilter("error", Image.DecompressionBombWarning)
+        if stat.S_ISREG(path.stat().st_mode) and path.stat().st_size == 0:  # a pipe reports 0 too
+            raise ImageError(f"{path}: the file is empty (0 bytes).", kind="empty")
+        try:
+            with Image.open(fh) as img:
+                if img.width * img.height > MAX_PIXELS:
+                    raise ImageError(f"{path}: image is {img.width}x{img.height}, too large "
+                                     f"(limit {MAX_PIXELS:,} pixels).", kind="too_large")
+                if img.width == 0 or img.height == 0:
+                    raise ImageError(f"{path}: the image has no pixels ({img.width}x{img.height}).", kind="empty")
+                img.seek(0)  # first frame of an animated GIF/WebP/TIFF
+                img.load()
+                return _to_gray(_upright(img, ImageOps))
+        except ImageError:
+            raise
+        except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
+            raise ImageError(f"{path}: image is too large ({exc}).", kind="too_large") from exc
+        except _UnsupportedMode as exc:
+            raise ImageError(f"{path}: unsupported pixel format {exc}.", kind="not_image") from exc
+        except UnidentifiedImageError as exc:
+            raise ImageError(f"{path}: not an image (Pillow cannot identify its format).", kind="not_image") from exc
+        except (OSError, SyntaxError, ValueError, EOFError, MemoryError) as exc:
+            # Truncated downloads and damaged files end up here ("image file is truncated", ...).
+            detail = first_line(exc)
+            raise ImageError(f"{path}: damaged or truncated image ({detail}).", kind="corrupt") from exc
+
+
+def _upright(img, image_ops):
+    """Apply the EXIF orientation of phone photos.
+
+    Pillow's exif_transpose also rewrites the EXIF block and fails on a malformed tag
+    (struct.error, TypeError, ...); then the orientation is applied by hand, and a
+    block too damaged to read is ignored.
+    """
+    try:
+        return image_ops.exif_transpose(img) or img
+    except Exception:  # noqa: BLE001
+        pass
+    from PIL import Image
+
+    try:
+        orientation = int(img.getexif().get(0x0112, 1))
+    except Exception:  # noqa: BLE001
+        return img
+    t = Image.Transpose
+    method = {2: t.FLIP_LEFT_RIGHT, 3: t.ROTATE_180, 4: t.FLIP_TOP_BOTTOM, 5: t.TRANSPOSE,
+              6: t.ROTATE_270, 7: t.TRANSVERSE, 8: t.ROTATE_90}.get(orientation)
+    return img.transpose(method) if method is not None else img
+
+
+def _to_gray(img) -> tuple[np.ndarray, np.ndarray | None]:
+    """Grey levels in [0, 1] and the alpha map (None when fully opaque) of a decoded image."""
+    mode = img.mode
+    alpha = None
+    if mode == "P":
+        img = img.convert("RGBA" if "transparency" in img.info else "RGB")
+        mode = img.mode
+    if mode in ("I;16", "I;16B", "I;16L", "I", "F"):
+        arr = np.nan_to_num(np.asarray(img, dtype=np.float32), nan=0.0, posinf=0.0, neginf=0.0)
+        top = float(arr.max()) if arr.size else 0.0
+        # Scale by the bit depth the values fit in: floats in [0, 1], 8-bit data stored in a
+        # 16-bit file, 12-bit scans, full 16-bit.
+        hi = next((h for h in (1.0, 255.0, 4095.0, 65535.0) if top <= h), top)
+        return np.clip(arr / hi, 0, 1), None
+    if mode in ("RGBA", "LA", "PA"):
+        alpha = np.asarray(img.getchannel("A"), dtype=np.float32) / 255.0
+        img = img.convert("RGB" if mode == "RGBA" else "L")
+        if float(alpha.min()) >= 0.99:
+            alpha = None  # opaque: an MNIST crop saved as RGBA must still pass through
+    try:
+        gray = np.asarray(img.convert("L"), dtype=np.float32) / 255.0
+    except ValueError as exc:  # e.g. LAB, which Pillow cannot turn into grey
+        raise _UnsupportedMode(mode) from exc
+    return gray, alpha
+
+
+def expand_inputs(items: list[str]) -> list[Path]:
+    """Files, directories (their images, sorted) and glob patterns -> a list of paths.
+
+    A name that matches nothing is kept, so it is reported as 'file not found' in its row.
+    """
+    import glob
+
+    paths: list[Path] = []
+    for item in items:
+        p = Path(item).expanduser()
+        if p.is_dir():
+            try:
+                # Hidden files (macOS "._x.png" resource forks, ".DS_Store") are not the user's images.
+                paths += sorted(q for q in p.iterdir()
+                                if q.is_file() and q.suffix.lower() in SUPPORTED and not q.name.startswith("."))
+            except OSError:
+                paths.append(p)  # reported in its row: a folder that cannot be listed
+        elif p.exists() or not any(ch in item for ch in "*?["):
+            paths.append(p)  # a real file named "z[1].png" is that file, not a pattern
+        else:
+            matches = sorted(glob.glob(str(p), recursive=True))
+            paths += [Path(m) for m in matches if Path(m).is_file()]
+            if not matches:
+                paths.append(p)
+    return paths

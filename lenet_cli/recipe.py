@@ -1,0 +1,127 @@
+"""The training recipe: seeding, augmentation, optimizer, schedule and the one training step.
+
+`train_step` (augment, forward, loss, backward, optimizer, schedule) is what the loop in
+train.py runs and what `lenet bench` times, so the benchmark measures training itself.
+Augmentation parameters are drawn from a CPU generator seeded by --seed, so the same seed
+gives the same augmentation on every device.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import math
+import sys
+from typing import TYPE_CHECKING, Any
+
+from lenet_cli.records import TrainConfig
+
+if TYPE_CHECKING:  # pragma: no cover
+    import torch
+
+WARMUP_FRACTION = 0.2  # of the one-cycle schedule's steps
+
+
+def seed_everything(seed: int) -> None:
+    """Seed torch's global generators (model init, dropout) on every device."""
+    import torch
+
+    torch.manual_seed(seed)
+    if torch.cuda.is_available():
+        torch.cuda.manual_seed_all(seed)
+
+
+def keep_freed_memory() -> None:
+    """Let glibc reuse freed memory for the training step's tensors instead of unmapping it.
+
+    A CPU step allocates and frees dozens of 1-10 MB tensors. glibc serves blocks that big
+    with mmap and unmaps them on free, so each step page-faults its tensors in again; with
+    the thresholds raised they stay in the heap (batch 512 on 2 cores: ~25% more images/s).
+    A process-wide setting that stays for the life of the process: a notebook that trains
+    keeps up to 512 MiB of freed heap. Only the training paths call it; a no-op off glibc.
+    """
+    if not sys.platform.startswith("linux"):
+        return
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+        libc.mallopt(-3, 32 << 20)  # M_MMAP_THRESHOLD: glibc's maximum, 32 MiB on 64-bit
+        libc.mallopt(-1, 512 << 20)  # M_TRIM_THRESHOLD: keep up to 512 MiB of free heap
+    except (OSError, AttributeError):  # not glibc (musl): nothing to tune
+        pass
+
+
+def augment_batch(x: "torch.Tensor", cfg: TrainConfig, gen: "torch.Generator") -> "torch.Tensor":
+    """Random rotation, scale and shift of a batch (B, 1, 28, 28) with one affine warp.
+
+    Parameters are drawn on the CPU from `gen` so the same seed gives the same
+    augmentation on every device. Pixels outside the image are black (0), as in MNIST.
+    """
+    import torch
+    import torch.nn.functional as F
+
+    b, _, h, w = x.shape
+    u = torch.rand(b, 4, generator=gen) * 2 - 1  # uniform in [-1, 1]
+    angle = u[:, 0] * math.radians(cfg.max_rotation)
+    scale = 1 + u[:, 1] * cfg.max_scale
+    # grid_sample works in normalised coordinates where the image spans [-1, 1], i.e. 14 px per unit.
+    shift = u[:, 2:] * (cfg.max_shift / 14.0)
+    cos, sin = torch.cos(angle) / scale, torch.sin(angle) / scale
+    m = torch.stack([cos, -sin, shift[:, 0], sin, cos, shift[:, 1]], 1).to(x.device, x.dtype).view(b, 6, 1, 1)
+    # The sampling grid of the affine map, written out: F.affine_grid computes the same grid with a
+    # batched matmul that makes augmentation 2.8x slower on the CPU, ~13% of a whole training step
+    # (README, "How fast"; docs/augment_timing.py measures it).
+    xs = (torch.arange(w, device=x.device, dtype=x.dtype) * 2 + 1) / w - 1  # pixel centres (align_corners=False)
+    ys = ((torch.arange(h, device=x.device, dtype=x.dtype) * 2 + 1) / h - 1).view(h, 1)
+    gx = m[:, 0] * xs + m[:, 1] * ys + m[:, 2]
+    gy = m[:, 3] * xs + m[:, 4] * ys + m[:, 5]
+    return F.grid_sample(x, torch.stack([gx, gy], -1), mode="bilinear", padding_mode="zeros", align_corners=False)
+
+
+def build_optimizer(model: "torch.nn.Module", cfg: TrainConfig, device: "torch.device") -> "torch.optim.Optimizer":
+    """torch.optim's AdamW or SGD (Nesterov), fused where the device has fused kernels.
+
+    No weight decay on biases and norm parameters (nanoGPT's split by p.dim()): decaying them only hurts.
+    """
+    import torch
+
+    decay = [p for p in model.parameters() if p.ndim > 1]
+    no_decay = [p for p in model.parameters() if p.ndim <= 1]
+    groups = [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    impl = {"fused": True} if device.type in ("cpu", "cuda") else {"foreach": True}
+    if cfg.optimizer == "sgd":
+        return torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum, nesterov=True, **impl)
+    return torch.optim.AdamW(groups, lr=cfg.lr, **impl)
+
+
+def build_schedule(opt: "torch.optim.Optimizer", cfg: TrainConfig, steps_per_epoch: int) -> Any:
+    """torch's OneCycleLR over the whole run (cosine, momentum cycled), or a constant rate."""
+    import torch
+
+    if cfg.schedule == "constant":
+        return torch.optim.lr_scheduler.LambdaLR(opt, lambda _: 1.0)
+    total = cfg.epochs * steps_per_epoch
+    pct = WARMUP_FRACTION
+    if pct * total - 1 == 0:
+        # OneCycleLR divides by the warm-up's length, which is 0 for 5 steps in all (`--dry-run --epochs 5`).
+        pct = 1.5 / total
+    return torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=cfg.lr, total_steps=total, pct_start=pct)
+
+
+def train_step(net: "torch.nn.Module", opt: "torch.optim.Optimizer", sched: Any, x: "torch.Tensor",
+               y: "torch.Tensor", cfg: TrainConfig, gen: "torch.Generator") -> tuple["torch.Tensor", "torch.Tensor"]:
+    """One training step on a uint8 batch x (B, 28, 28) and labels y (B,), both on the device.
+
+    Augment, forward, loss, backward, optimizer, schedule. Returns the loss and the logits,
+    detached and still on the device (reading them would synchronise a GPU).
+    """
+    import torch.nn.functional as F
+
+    x = x.unsqueeze(1).float()  # (B, 1, 28, 28) raw pixels 0-255
+    if cfg.augment:
+        x = augment_batch(x, cfg, gen)
+    logits = net(x)
+    loss = F.cross_entropy(logits, y, label_smoothing=cfg.label_smoothing)
+    opt.zero_grad()
+    loss.backward()
+    opt.step()
+    sched.step()
+    return loss.detach(), logits.detach()

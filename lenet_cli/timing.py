@@ -1,0 +1,40 @@
+"""Timing loops shared by `lenet bench` and the int8 comparison of `lenet export`."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from typing import Any
+
+
+def time_calls(fn: Callable[[], Any], warmup: int, min_seconds: float, sync: Callable[[], None] = lambda: None,
+               max_runs: int = 100_000) -> list[float]:
+    """Call fn repeatedly; per-call wall times in seconds after `warmup` untimed calls.
+
+    Runs for at least `min_seconds` and at least 5 calls; every call is timed on its own
+    so the percentiles show jitter, not just the mean. `sync` waits for the device
+    (CUDA launches return before the work is done).
+    """
+    for _ in range(warmup):
+        fn()
+    sync()
+    times: list[float] = []
+    start = time.perf_counter()
+    while (time.perf_counter() - start < min_seconds or len(times) < 5) and len(times) < max_runs:
+        t0 = time.perf_counter()
+        fn()
+        sync()
+        times.append(time.perf_counter() - t0)
+    return times
+
+
+def time_steps(step: Callable[[], Any], steps: int, sync: Callable[[], None], warmup: int = 5) -> float:
+    """Seconds for `steps` calls of a training step, after `warmup` untimed ones."""
+    for _ in range(warmup):
+        step()
+    sync()
+    t0 = time.perf_counter()
+    for _ in range(steps):
+        step()
+    sync()
+    return time.perf_counter() - t0
