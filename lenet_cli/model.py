@@ -16,6 +16,9 @@ Two presets:
 Input convention: a float tensor of raw pixel values in [0, 255], shape (B, 1, 28, 28),
 bright ink on black like MNIST. The model normalises with MNIST's mean and std itself,
 so nobody downstream (eval, predict, ONNX users) has to know those numbers.
+
+This file holds the model and nothing device-specific: the CPU speed paths that compute the
+same function faster are in kernels.py, and ONNX export always traces the layers here.
 """
 
 from __future__ import annotations

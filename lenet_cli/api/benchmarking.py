@@ -74,7 +74,7 @@ def bench(request: BenchRequest, events: Events | None = None) -> BenchReport:
     if request.output is not None:
         ensure_dir(request.output.parent)  # an unwritable --output fails before the measurements, not after
     device = resolve_device(request.device)
-    data = run_bench(path, cfg, device, progress=events.progress)
+    data = run_bench(path, cfg, device, progress=lambda label, done, total: events.progress(f"Benchmarking {label}", done, total))
     data["config"] |= {"device": str(request.device), "quick": request.quick}
     if request.output is not None:
         atomic_write_text(request.output, json.dumps(data, indent=2))

@@ -14,15 +14,16 @@ from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
 from rich.console import Console, Group
-from rich.live import Live
 from rich.markup import escape
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from rich.table import Table
 
 from lenet_cli.events import Events
 from lenet_cli.records import EpochRecord
 
 if TYPE_CHECKING:  # pragma: no cover
+    from rich.live import Live
+    from rich.progress import Progress
+
     from lenet_cli.evaluate import EvalResult
 
 out = Console(highlight=False)
@@ -112,15 +113,14 @@ class RichEvents(Events):
     table that grows by one row per epoch; otherwise one plain line per epoch.
     """
 
+    # rich.progress and rich.live are imported where a bar is first drawn: `lenet --help` has no use for them.
+
     def __init__(self) -> None:
         self.history: list[EpochRecord] = []
         self.epochs = 0
         self.bar: Progress | None = None
         self.bar_task: Any = None
-        self.train_progress = Progress(
-            TextColumn("[bold]epoch {task.fields[epoch]}/{task.fields[epochs]}"), BarColumn(), MofNCompleteColumn(),
-            TextColumn("loss {task.fields[loss]:.4f}"), TextColumn("{task.fields[ips]:,.0f} img/s"),
-            TimeElapsedColumn(), TextColumn("left"), TimeRemainingColumn(), console=err)
+        self.train_progress: Progress | None = None
         self.train_task: Any = None
         self.live: Live | None = None
 
@@ -149,6 +149,8 @@ class RichEvents(Events):
     def progress(self, label: str, done: int, total: int | None) -> None:
         """A transient bar on stderr (silent when stderr is not a terminal)."""
         if self.bar is None:
+            from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
             self.bar = Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
                                 TimeElapsedColumn(), console=err, transient=True)
             self.bar.start()
@@ -157,9 +159,17 @@ class RichEvents(Events):
 
     # Training.
     def _render(self) -> Group:
-        return Group(epoch_table(self.history), self.train_progress)
+        return Group(epoch_table(self.history), self.train_progress or "")
 
     def on_start(self, info: dict[str, Any]) -> None:
+        from rich.live import Live
+        from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn,
+                                   TimeRemainingColumn)
+
+        self.train_progress = Progress(
+            TextColumn("[bold]epoch {task.fields[epoch]}/{task.fields[epochs]}"), BarColumn(), MofNCompleteColumn(),
+            TextColumn("loss {task.fields[loss]:.4f}"), TextColumn("{task.fields[ips]:,.0f} img/s"),
+            TimeElapsedColumn(), TextColumn("left"), TimeRemainingColumn(), console=err)
         self.history, self.epochs = list(info.get("history", [])), info["epochs"]
         err.print(
             f"Training LeNet-5 '{info['preset']}' ({info['param_count']:,} parameters) on {info['device']}: "
@@ -178,12 +188,14 @@ class RichEvents(Events):
             self.live.__enter__()
 
     def on_epoch_start(self, epoch: int, steps: int) -> None:
+        assert self.train_progress is not None, "on_start comes first"
         if self.train_task is not None:
             self.train_progress.remove_task(self.train_task)
         self.train_task = self.train_progress.add_task("train", total=steps, epoch=epoch, epochs=self.epochs,
                                                        loss=float("nan"), ips=0.0)
 
     def on_step(self, epoch: int, step: int, steps: int, loss: float, images_per_s: float) -> None:
+        assert self.train_progress is not None, "on_start comes first"
         self.train_progress.update(self.train_task, completed=step, loss=loss, ips=images_per_s)
         if self.live is not None:
             self.live.update(self._render())
