@@ -27,7 +27,12 @@ def main() -> None:
 
     from lenet_cli.kernels import speed_up
     from lenet_cli.model import build_model
-    from lenet_cli.recipe import augment_batch, build_optimizer, build_schedule, train_step
+    from lenet_cli.recipe import (
+        augment_batch,
+        build_optimizer,
+        build_schedule,
+        train_step,
+    )
     from lenet_cli.records import TrainConfig
 
     cfg = TrainConfig(batch_size=args.batch_size)

@@ -29,7 +29,12 @@ from lenet_cli import __version__
 from lenet_cli.errors import first_line
 from lenet_cli.export import export_onnx
 from lenet_cli.onnx_io import make_session
-from lenet_cli.recipe import build_optimizer, build_schedule, keep_freed_memory, train_step
+from lenet_cli.recipe import (
+    build_optimizer,
+    build_schedule,
+    keep_freed_memory,
+    train_step,
+)
 from lenet_cli.records import TrainConfig
 from lenet_cli.timing import time_calls, time_steps
 from lenet_cli.tutorial import TUTORIAL_BATCH, time_tutorial_steps
@@ -260,13 +265,15 @@ def _runner(variant: str, model, weights: Path, device, rng) -> tuple[Callable[[
     import torch
 
     if variant in ("torch", "torch-compile"):
-        net = model
+        from lenet_cli.kernels import speed_up  # kernels.py imports torch
+
+        net = speed_up(model, device)  # what `lenet eval` and `lenet predict --weights X.safetensors` run
         if variant == "torch-compile":
             import logging
 
             # Inductor logs a warning about CUDA_HOME on machines without CUDA; not the user's concern.
             logging.getLogger("torch.utils.cpp_extension").setLevel(logging.ERROR)
-            net = torch.compile(model, dynamic=False)
+            net = torch.compile(net, dynamic=False)
 
         def make(bs: int):
             x = torch.from_numpy(rng.integers(0, 256, (bs, 1, 28, 28)).astype(np.float32)).to(device)

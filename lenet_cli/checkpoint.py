@@ -11,9 +11,9 @@ bookkeeping come from different moments.
   examples, when the run stopped mid-epoch) and `epoch.sums` (running loss/accuracy sums).
 * metadata `lenet_checkpoint`: JSON with the training config, the model config, the
   position (epoch, step), the history, the best epoch, the optimizer's param groups and
-  the learning-rate schedule's state. The optimizer and schedule state follow torch.optim's
-  layout, so checkpoints written while training still used torch.optim resume, and torch.optim
-  can load the state of today's checkpoints.
+  the learning-rate schedule's state. The optimizer and schedule state are torch.optim's; the
+  flat-buffer optimizer of lenet 0.2.0.dev0 wrote the same layout, so its checkpoints resume too
+  (resume.py checks every value before torch.optim sees it).
 
 Opening an untrusted checkpoint can at worst fail with a clear error: safetensors
 holds raw arrays and the rest is parsed as JSON.
@@ -78,7 +78,7 @@ def save_checkpoint(path: Path, state: TrainState) -> Path:
         tensors["epoch.sums"] = state.sums.to("cpu", torch.float64).contiguous()
     header = {
         "format": FORMAT_TAG,
-        "config": state.config.to_dict() | {"device": state.device},
+        "config": state.config.to_dict(state.device),
         "model_config": json.loads((state.model_config or preset_config(state.config.preset)).to_json()),
         "epochs_done": state.epochs_done,
         "step": state.step,

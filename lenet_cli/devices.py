@@ -39,7 +39,6 @@ class DeviceSpec:
 
 
 AUTO = DeviceSpec()
-CPU = DeviceSpec("cpu")
 
 
 def parse_device(spec: str | DeviceSpec) -> DeviceSpec:

@@ -14,6 +14,11 @@ if TYPE_CHECKING:  # pragma: no cover
     import torch
 
 
+def pct(x: float) -> str:
+    """0.99312 -> '99.31%' (NaN: 'n/a')."""
+    return "n/a" if x != x else f"{100 * x:.2f}%"
+
+
 @dataclass(frozen=True)
 class ClassMetrics:
     """Precision, recall and F1 of one class, with its support (true count)."""

@@ -15,9 +15,23 @@ import numpy as np
 
 from lenet_cli.errors import ExportError, UsageError
 from lenet_cli.fileio import atomic_write_bytes
-from lenet_cli.onnx_io import (DEFAULT_OPSET, MAX_OPSET, MIN_OPSET, PROB_TOLERANCE, ParityRow, export_model_proto,
-                               onnx_metadata, set_metadata, verify)
-from lenet_cli.quantize import QUANT_MAX_DROP, QuantRow, compare_float_int8, quantize_int8
+from lenet_cli.onnx_io import (
+    DEFAULT_OPSET,
+    MAX_OPSET,
+    MIN_OPSET,
+    PROB_TOLERANCE,
+    ParityRow,
+    export_model_proto,
+    onnx_metadata,
+    set_metadata,
+    verify,
+)
+from lenet_cli.quantize import (
+    QUANT_MAX_DROP,
+    QuantRow,
+    compare_float_int8,
+    quantize_int8,
+)
 from lenet_cli.weights import load_model
 
 QUANT_TYPES = ("int8",)

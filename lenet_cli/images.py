@@ -51,7 +51,7 @@ class Prepared:
 
 
 def _median(a: np.ndarray) -> float:
-    return float(np.median(a))
+    return float(np.median(np.asarray(a, dtype=np.float64)))  # float64: the same levels on every platform
 
 
 def _border(a: np.ndarray) -> np.ndarray:
@@ -87,7 +87,7 @@ def ink_map(gray: np.ndarray, alpha: np.ndarray | None, invert: bool | None) -> 
     # The ink's own brightness, measured only where there is clear contrast: a thin stroke may
     # cover under 1% of a large canvas, so a percentile over all pixels would measure the paper.
     strong = ink[ink > MIN_CONTRAST]
-    top = float(np.quantile(strong, 0.95)) if strong.size else 0.0
+    top = float(np.quantile(strong.astype(np.float64), 0.95)) if strong.size else 0.0
     if top <= MIN_CONTRAST:
         return np.zeros_like(ink), inverted
     ink = np.clip(ink / top, 0.0, 1.0)

@@ -28,8 +28,8 @@ import json
 from dataclasses import dataclass
 
 import torch
-from torch import nn
 import torch.nn.functional as F
+from torch import nn
 
 from lenet_cli.records import check_field_types
 

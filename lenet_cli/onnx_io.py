@@ -22,11 +22,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-
 from lenet_cli import __version__
 from lenet_cli.devices import DeviceSpec, onnx_providers
-from lenet_cli.evaluate import softmax
 from lenet_cli.errors import DeviceError, ExportError, WeightsError, first_line
+from lenet_cli.evaluate import softmax
 
 if TYPE_CHECKING:  # pragma: no cover
     import numpy as np

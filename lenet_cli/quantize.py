@@ -42,7 +42,13 @@ def quantize_int8(model_proto, calibration: np.ndarray):
     import tempfile
 
     import onnx
-    from onnxruntime.quantization import CalibrationDataReader, CalibrationMethod, QuantFormat, QuantType, quantize_static
+    from onnxruntime.quantization import (
+        CalibrationDataReader,
+        CalibrationMethod,
+        QuantFormat,
+        QuantType,
+        quantize_static,
+    )
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
     x = calibration.astype(np.float32).reshape(-1, 1, 28, 28)

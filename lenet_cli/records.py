@@ -86,9 +86,18 @@ class TrainConfig:
         if self.schedule not in SCHEDULES:
             raise UsageError(f"--schedule must be onecycle or constant, got {self.schedule!r}.")
 
-    def to_dict(self) -> dict[str, Any]:
-        """Plain dict for metadata and JSON output."""
-        return dataclasses.asdict(self)
+    def to_dict(self, device: str | None = None) -> dict[str, Any]:
+        """Plain dict for metadata and JSON output; with `device`, the "device" key that files record.
+
+        "device" goes after "seed", where it stood while it was a field of the config, so that files
+        and --json keep their layout.
+        """
+        data = dataclasses.asdict(self)
+        if device is None:
+            return data
+        keys = list(data)
+        at = keys.index("seed") + 1
+        return {k: data[k] for k in keys[:at]} | {"device": device} | {k: data[k] for k in keys[at:]}
 
     @classmethod
     def from_dict(cls, data: Any) -> "TrainConfig":

@@ -17,10 +17,11 @@ from lenet_cli.records import TrainConfig, TrainState
 if TYPE_CHECKING:  # pragma: no cover
     import torch
 
-# Which implementation runs the update is this machine's choice, not the checkpoint's.
-_IMPLEMENTATION_KEYS = ("foreach", "fused", "capturable", "differentiable")
+# The numbers a checkpoint may restore in each parameter group; every other key (the update rule:
+# amsgrad, maximize, nesterov, ...; the implementation: fused, foreach, ...) is this run's, not the file's.
 _NUMBERS = ("lr", "eps", "weight_decay", "momentum", "initial_lr", "max_lr", "min_lr", "max_momentum",
             "base_momentum")
+_RESTORED = (*_NUMBERS, "betas")
 
 
 def check_resumable(state: TrainState, cfg: TrainConfig, n: int, steps: int) -> None:
@@ -49,12 +50,19 @@ def restore(state: TrainState, model: "torch.nn.Module", opt: "torch.optim.Optim
     try:
         model.load_state_dict({k: v.to(device) for k, v in state.model.items()})
         check_optimizer_state(state.optimizer, opt)
-        implementation = [{k: g[k] for k in _IMPLEMENTATION_KEYS if k in g} for g in opt.param_groups]
+        ours = [{k: v for k, v in g.items() if k not in _RESTORED and k != "params"} for g in opt.param_groups]
         opt.load_state_dict(state.optimizer)
-        for group, impl in zip(opt.param_groups, implementation):
-            group.update(impl)
+        for group, keep in zip(opt.param_groups, ours):
+            for key in [k for k in group if k not in _RESTORED and k != "params"]:
+                del group[key]
+            group.update(keep)
+        _place_step_counts(opt)
         check_schedule_state(state.scheduler, sched)
-        sched.load_state_dict(state.scheduler)
+        # The schedule's shape (phases, anneal function, momentum cycling) is rebuilt from this run's
+        # settings; only its position comes from the file.
+        sched.last_epoch = state.scheduler["last_epoch"]
+        sched._step_count = sched.last_epoch + 1
+        sched._last_lr = [g["lr"] for g in opt.param_groups]
         gen.set_state(state.rng_shuffle)
         torch.set_rng_state(state.rng_torch)
         if device.type == "cuda" and state.rng_cuda is not None:
@@ -62,6 +70,19 @@ def restore(state: TrainState, model: "torch.nn.Module", opt: "torch.optim.Optim
     except (RuntimeError, ValueError, KeyError, TypeError, AttributeError, IndexError, ArithmeticError) as exc:
         raise WeightsError(f"The checkpoint does not fit this model or optimizer ({first_line(exc)}).",
                            "Resume from the checkpoint.safetensors `lenet train` wrote for this run.") from exc
+
+
+def _place_step_counts(opt: "torch.optim.Optimizer") -> None:
+    """Step counts where this run's kernels read them: on the parameter's device for fused or
+    capturable updates, else on the CPU (torch.optim placed them by the file's own `fused` flag)."""
+    import torch
+
+    for group in opt.param_groups:
+        on_device = bool(group.get("fused") or group.get("capturable"))
+        for p in group["params"]:
+            entry = opt.state.get(p, {})
+            if isinstance(entry.get("step"), torch.Tensor):
+                entry["step"] = entry["step"].to(p.device if on_device else "cpu", torch.float32)
 
 
 def _number(value: Any) -> bool:
@@ -82,6 +103,11 @@ def check_optimizer_state(sd: dict[str, Any], opt: "torch.optim.Optimizer") -> N
         betas = group.get("betas", (0.9, 0.999))
         if not (isinstance(betas, (list, tuple)) and len(betas) == 2 and all(_number(b) for b in betas)):
             raise ValueError(f"optimizer setting 'betas' is not two numbers: {betas!r}")
+    offset = 0
+    for group, n in zip(groups, ours):
+        if list(group["params"]) != list(range(offset, offset + n)):
+            raise ValueError("parameter groups do not list their parameters in order")
+        offset += n
     params = [p for g in opt.param_groups for p in g["params"]]
     if state and set(state) != set(range(len(params))):
         raise ValueError("optimizer state does not cover every parameter")

@@ -80,7 +80,7 @@ def save_run(
     `device` is the one asked for (`--device`); the one used is in `result.device`.
     """
     ensure_dir(out_dir)
-    training = cfg.to_dict() | {"device": device, "best_epoch": result.best_epoch, "device_used": result.device}
+    training = cfg.to_dict(device) | {"best_epoch": result.best_epoch, "device_used": result.device}
     paths: dict[str, Path] = {}
     for name, state in (("best", result.best_state), ("last", result.last_state)):
         if not state:  # resumed mid-epoch and stopped again: the earlier session wrote this file
@@ -94,7 +94,7 @@ def save_run(
         paths[name] = save_state(out_dir / f"{name}.safetensors", result.model.cfg, state,
                                  training=training, metrics=metrics)
     paths["history_csv"] = atomic_write_text(out_dir / "history.csv", history_csv(result.history))
-    history = {"config": cfg.to_dict() | {"device": device}, "best_epoch": result.best_epoch,
+    history = {"config": cfg.to_dict(device), "best_epoch": result.best_epoch,
                "history": history_rows(result.history)}
     paths["history_json"] = atomic_write_text(out_dir / "history.json", json.dumps(history, indent=2))
     paths["curves"] = save_training_curves(result.history, out_dir / "curves.png")

@@ -18,7 +18,13 @@ from lenet_cli.devices import describe_device
 from lenet_cli.errors import UsageError
 from lenet_cli.evaluate import summarize, torch_logits
 from lenet_cli.events import Events
-from lenet_cli.recipe import build_optimizer, build_schedule, keep_freed_memory, seed_everything, train_step
+from lenet_cli.recipe import (
+    build_optimizer,
+    build_schedule,
+    keep_freed_memory,
+    seed_everything,
+    train_step,
+)
 from lenet_cli.records import EpochRecord, TrainConfig, TrainResult, TrainState
 from lenet_cli.resume import check_resumable, restore
 from lenet_cli.signals import StopSignal

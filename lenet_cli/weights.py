@@ -22,7 +22,10 @@ from lenet_cli.fileio import atomic_write_bytes
 if TYPE_CHECKING:  # pragma: no cover
     import torch
 
-    from lenet_cli.model import LeNet5, ModelConfig  # model.py imports torch: used inside functions
+    from lenet_cli.model import (  # model.py imports torch: used inside functions
+        LeNet5,
+        ModelConfig,
+    )
 
 FORMAT_TAG = "lenet-cli/weights-v1"
 BUNDLED_NAME = "lenet5-modern.safetensors"

@@ -84,11 +84,12 @@ def real_mnist() -> Path:
 @pytest.fixture(scope="session")
 def trained_weights(tiny_mnist, tmp_path_factory) -> Path:
     """A small model trained on the synthetic set through the real training code."""
+    import torch
+
     from lenet_cli.data import load_split, train_val_split
     from lenet_cli.records import TrainConfig
     from lenet_cli.runs import save_run
     from lenet_cli.train import train
-    import torch
 
     cfg = TrainConfig(epochs=2, batch_size=64, val_size=100)
     full = load_split(tiny_mnist, "train", allow_download=False)

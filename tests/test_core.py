@@ -9,12 +9,19 @@ import numpy as np
 import pytest
 import torch
 
-from lenet_cli import data, devices, model as model_mod, weights as weights_mod
-from lenet_cli.errors import DataError, DeviceError, ImageError, UsageError, WeightsError
+from lenet_cli import data, devices
+from lenet_cli import model as model_mod
+from lenet_cli import weights as weights_mod
+from lenet_cli.errors import (
+    DataError,
+    DeviceError,
+    ImageError,
+    UsageError,
+    WeightsError,
+)
 from lenet_cli.evaluate import metrics_from_logits
 from lenet_cli.fileio import atomic_write_bytes
 from lenet_cli.train import TrainConfig, train
-
 
 # ------------------------------------------------------------------ model
 

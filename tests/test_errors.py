@@ -339,7 +339,8 @@ def _graph(inputs, outputs, nodes, initializers=(), ir_version=10) -> bytes:
 
 def _onnx_cases() -> dict:
     import onnx
-    from onnx import helper as h, numpy_helper
+    from onnx import helper as h
+    from onnx import numpy_helper
 
     def weights(value, n_out=10):
         return numpy_helper.from_array(np.full((784, n_out), value, np.float32), "W")

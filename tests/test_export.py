@@ -84,8 +84,8 @@ def test_failed_verification_writes_nothing(tiny_mnist, trained_weights, tmp_pat
 
 
 def test_mismatched_weights_fail_and_write_nothing(tiny_mnist, trained_weights, tmp_path):
-    from safetensors.numpy import load_file, save_file
     from safetensors import safe_open
+    from safetensors.numpy import load_file, save_file
 
     with safe_open(str(trained_weights), "np") as f:
         metadata = f.metadata()

@@ -10,7 +10,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from lenet_cli import kernels, model as model_mod
+from lenet_cli import kernels
+from lenet_cli import model as model_mod
 from lenet_cli.data import load_split, train_val_split
 from lenet_cli.records import TrainConfig
 from lenet_cli.train import train

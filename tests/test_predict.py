@@ -9,11 +9,11 @@ import subprocess
 import sys
 from pathlib import Path
 
+import handwriting
 import numpy as np
 import pytest
 from typer.testing import CliRunner
 
-import handwriting
 from lenet_cli.cli.app import app
 
 runner = CliRunner()
@@ -156,7 +156,7 @@ def test_exif_orientation_is_honoured(tmp_path):
 
 
 def test_polarity_is_detected_and_can_be_forced(tmp_path):
-    from PIL import Image, ImageOps
+    from PIL import ImageOps
 
     dark = digit_image(4, "pen", seed=2).convert("L")
     dark.save(tmp_path / "dark.png")

@@ -18,8 +18,8 @@ from safetensors.torch import load_file
 from lenet_cli.checkpoint import CHECKPOINT_NAME, load_checkpoint, save_checkpoint
 from lenet_cli.data import load_split, train_val_split
 from lenet_cli.errors import WeightsError
-from lenet_cli.model import build_model
 from lenet_cli.events import Events
+from lenet_cli.model import build_model
 from lenet_cli.records import TrainConfig
 from lenet_cli.signals import StopSignal
 from lenet_cli.train import train
@@ -195,9 +195,10 @@ def test_checkpoint_with_torch_optim_state_resumes_exactly(splits, uninterrupted
     lambda h: h["optimizer_state_keys"].pop("3"),
     lambda h: h["optimizer_state_keys"]["0"].update(step="0"),
     lambda h: h["optimizer_state_keys"]["0"].update(step="1e400"),
+    lambda h: h["optimizer_param_groups"].reverse(),  # each group lists the other's parameters
 ], ids=["lr-string", "one-beta", "eps-null", "one-group", "schedule-negative", "schedule-past-end",
         "schedule-string", "schedule-other-length", "schedule-no-position", "no-second-moment",
-        "parameter-without-state", "step-zero", "step-overflow"])
+        "parameter-without-state", "step-zero", "step-overflow", "groups-swapped"])
 def test_hand_edited_optimizer_state_is_a_clear_error(splits, tmp_path, edit):
     ckpt = tmp_path / CHECKPOINT_NAME
     cfg = TrainConfig(**{**CFG.to_dict(), "epochs": 2})
@@ -206,6 +207,23 @@ def test_hand_edited_optimizer_state_is_a_clear_error(splits, tmp_path, edit):
     _rewrite_header(ckpt, edit)
     with pytest.raises(WeightsError, match="checkpoint"):
         train(cfg, *splits, CPU, resume=load_checkpoint(ckpt))
+
+
+def _edit_rules(h: dict) -> None:
+    """What a file may say but a run does not take from it: the update rule and the schedule's shape."""
+    for group in h["optimizer_param_groups"]:
+        group.update(amsgrad=True, maximize=True, decoupled_weight_decay=False, fused=None, foreach=True)
+        group.pop("differentiable", None)
+    h["scheduler"].update(_anneal_func_type="bogus", use_beta1=False, _schedule_phases="bogus")
+
+
+def test_a_checkpoints_update_rule_and_schedule_shape_are_not_taken_from_the_file(splits, uninterrupted, tmp_path):
+    stop = StopSignal()
+    ckpt = tmp_path / CHECKPOINT_NAME
+    train(CFG, *splits, CPU, StopAt(stop, 2, 3), stop=stop, on_checkpoint=lambda s: save_checkpoint(ckpt, s))
+    _rewrite_header(ckpt, _edit_rules)
+    resumed = train(CFG, *splits, CPU, resume=load_checkpoint(ckpt))
+    assert_same_states(uninterrupted.last_state, resumed.last_state)
 
 
 def test_a_finished_one_cycle_run_keeps_its_last_epoch(splits, uninterrupted):

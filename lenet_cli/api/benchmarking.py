@@ -75,7 +75,9 @@ def bench(request: BenchRequest, events: Events | None = None) -> BenchReport:
         ensure_dir(request.output.parent)  # an unwritable --output fails before the measurements, not after
     device = resolve_device(request.device)
     data = run_bench(path, cfg, device, progress=lambda label, done, total: events.progress(f"Benchmarking {label}", done, total))
-    data["config"] |= {"device": str(request.device), "quick": request.quick}
+    config = data["config"]  # in the order the report has always had
+    data["config"] = ({"batch_sizes": config.pop("batch_sizes"), "device": str(request.device)} | config
+                      | {"quick": request.quick})
     if request.output is not None:
         atomic_write_text(request.output, json.dumps(data, indent=2))
     return BenchReport(data, request.output)

@@ -11,17 +11,12 @@ from typing import Any
 from lenet_cli.backends import OnnxBackend, TorchBackend, load_backend
 from lenet_cli.data import load_split, resolve_data_dir
 from lenet_cli.devices import AUTO, DeviceSpec
-from lenet_cli.evaluate import EvalResult, metrics_from_logits
+from lenet_cli.evaluate import EvalResult, metrics_from_logits, pct
 from lenet_cli.events import Events
 from lenet_cli.fileio import ensure_dir
 from lenet_cli.plots import save_confusion_matrix, save_misclassified_grid
 from lenet_cli.runs import new_run_dir
 from lenet_cli.weights import resolve_weights_path
-
-
-def pct(x: float) -> str:
-    """0.99312 -> '99.31%' (for titles written into figures)."""
-    return "n/a" if x != x else f"{100 * x:.2f}%"
 
 
 @dataclass(frozen=True)

@@ -9,7 +9,13 @@ from typing import Any
 
 from lenet_cli.checkpoint import load_checkpoint, save_checkpoint
 from lenet_cli.data import MnistSplit, load_split, resolve_data_dir, train_val_split
-from lenet_cli.devices import AUTO, DeviceSpec, describe_device, parse_device, resolve_device
+from lenet_cli.devices import (
+    AUTO,
+    DeviceSpec,
+    describe_device,
+    parse_device,
+    resolve_device,
+)
 from lenet_cli.errors import UsageError
 from lenet_cli.evaluate import EvalResult, metrics_from_logits, torch_logits
 from lenet_cli.events import Events
@@ -48,7 +54,7 @@ class TrainReport:
     def to_dict(self) -> dict[str, Any]:
         """The JSON of `lenet train --json`."""
         r = self.result
-        config = self.config.to_dict() | {"device": str(self.device)}
+        config = self.config.to_dict(str(self.device))
         if self.test is None:
             return {"config": config, "interrupted": True, "checkpoint": str(self.checkpoint),
                     "resume_command": self.resume_command, "history": [], "train_seconds": r.train_seconds}
@@ -101,7 +107,8 @@ def train(request: TrainRequest, events: Events | None = None) -> TrainReport:
     mid-epoch; `request.resume` continues a stopped run. The test set is used once, for the
     report; never for choosing the epoch.
     """
-    from lenet_cli.model import PRESETS  # model.py imports torch
+    from lenet_cli.kernels import speed_up  # kernels.py and model.py import torch
+    from lenet_cli.model import PRESETS
 
     events = events or Events()
     cfg, spec, state = request.config, request.device, None
@@ -143,7 +150,8 @@ def train(request: TrainRequest, events: Events | None = None) -> TrainReport:
             return report
         model = result.model
         model.load_state_dict({k: v.to(device) for k, v in result.best_state.items()})
-        report.test = metrics_from_logits(torch_logits(model, test.images.to(device)), test.labels)
+        net = speed_up(model, device)  # the CPU paths where they apply, as for validation
+        report.test = metrics_from_logits(torch_logits(net, test.images.to(device)), test.labels)
         test_metrics = {"test_accuracy": report.test.accuracy, "test_loss": report.test.loss}
         report.files = save_run(result, cfg, out_dir, test_metrics, device=str(spec))
         report.files["checkpoint"] = checkpoint

@@ -51,7 +51,7 @@ def exit_code_for(exc: BaseException) -> int:
     closed our stdout (`| head`): quietly 1. Typer's usage errors: one line naming `--help`, 2.
     Anything else is a bug: one line asking for a report, 1.
     """
-    if state["debug"] and isinstance(exc, Exception) and not isinstance(exc, BrokenPipeError) \
+    if state["debug"] and isinstance(exc, Exception) and not isinstance(exc, (BrokenPipeError, typer.Abort)) \
             and not _is_usage_error(exc):
         err.print_exception()
     if isinstance(exc, LenetError):

@@ -8,7 +8,13 @@ from typing import Annotated, Any, Optional
 import typer
 
 from lenet_cli import api
-from lenet_cli.cli.console import RichEvents, columns_table, key_value_table, out, print_json, warn
+from lenet_cli.cli.console import (
+    columns_table,
+    key_value_table,
+    out,
+    run_and_show,
+    warn,
+)
 from lenet_cli.cli.options import DeviceOpt, JsonOpt, WeightsOpt, device_spec, examples
 from lenet_cli.errors import UsageError
 
@@ -55,12 +61,7 @@ def bench(
         weights=weights, device=device_spec(device), batch_sizes=parse_int_list(batch_sizes, "--batch-sizes"),
         backends=tuple(b.strip() for b in backends.split(",") if b.strip()), seconds=seconds, quick=quick,
         output=output, train_batch_size=train_batch_size, tutorial=tutorial)
-    with RichEvents() as events:
-        report = api.bench(request, events)
-    if json_out:
-        print_json(report.to_dict())
-    else:
-        render(report)
+    run_and_show(api.bench, request, render, json_out)
 
 
 def _us(value: float) -> str:

@@ -10,13 +10,14 @@ from __future__ import annotations
 import contextlib
 import json
 import sys
-from collections.abc import Iterator
-from typing import TYPE_CHECKING, Any
+from collections.abc import Callable, Iterator
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from rich.console import Console, Group
 from rich.markup import escape
 from rich.table import Table
 
+from lenet_cli.evaluate import pct
 from lenet_cli.events import Events
 from lenet_cli.records import EpochRecord
 
@@ -49,11 +50,6 @@ def warn(message: str) -> None:
 def note(message: str) -> None:
     """A line on stderr exactly as given (a command to copy)."""
     err.print(message, soft_wrap=True, markup=False, highlight=False)
-
-
-def pct(x: float) -> str:
-    """0.99312 -> '99.31%'."""
-    return "n/a" if x != x else f"{100 * x:.2f}%"
 
 
 def key_value_table(title: str, rows: list[tuple[str, str]]) -> Table:
@@ -149,7 +145,13 @@ class RichEvents(Events):
     def progress(self, label: str, done: int, total: int | None) -> None:
         """A transient bar on stderr (silent when stderr is not a terminal)."""
         if self.bar is None:
-            from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+            from rich.progress import (
+                BarColumn,
+                MofNCompleteColumn,
+                Progress,
+                TextColumn,
+                TimeElapsedColumn,
+            )
 
             self.bar = Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
                                 TimeElapsedColumn(), console=err, transient=True)
@@ -163,8 +165,14 @@ class RichEvents(Events):
 
     def on_start(self, info: dict[str, Any]) -> None:
         from rich.live import Live
-        from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn,
-                                   TimeRemainingColumn)
+        from rich.progress import (
+            BarColumn,
+            MofNCompleteColumn,
+            Progress,
+            TextColumn,
+            TimeElapsedColumn,
+            TimeRemainingColumn,
+        )
 
         self.train_progress = Progress(
             TextColumn("[bold]epoch {task.fields[epoch]}/{task.fields[epochs]}"), BarColumn(), MofNCompleteColumn(),
@@ -211,3 +219,18 @@ class RichEvents(Events):
             f"{record.seconds:.1f}s  {record.images_per_s:,.0f} img/s",
             soft_wrap=True,
         )
+
+
+Report = TypeVar("Report")
+
+
+def run_and_show(api_call: Callable[[Any, Events], Report], request: Any, render: Callable[[Report], None],
+                 json_out: bool) -> Report:
+    """Call one API function with progress on stderr, then print its report: JSON or `render`'s tables."""
+    with RichEvents() as events:
+        report = api_call(request, events)
+    if json_out:
+        print_json(report.to_dict())  # type: ignore[attr-defined]
+    else:
+        render(report)
+    return report

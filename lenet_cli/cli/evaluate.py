@@ -8,9 +8,23 @@ from typing import Annotated, Optional
 import typer
 
 from lenet_cli import api
-from lenet_cli.cli.console import (RichEvents, confusion_table, key_value_table, out, pct, per_class_table,
-                                   print_json)
-from lenet_cli.cli.options import DataDirOpt, DeviceOpt, JsonOpt, NoDownloadOpt, WeightsOpt, device_spec, examples
+from lenet_cli.cli.console import (
+    confusion_table,
+    key_value_table,
+    out,
+    pct,
+    per_class_table,
+    run_and_show,
+)
+from lenet_cli.cli.options import (
+    DataDirOpt,
+    DeviceOpt,
+    JsonOpt,
+    NoDownloadOpt,
+    WeightsOpt,
+    device_spec,
+    examples,
+)
 
 EPILOG = examples(
     "lenet eval  # the bundled model",
@@ -37,12 +51,7 @@ def eval_(
     """
     request = api.EvalRequest(weights=weights, device=device_spec(device), data_dir=data_dir, plots=plots,
                               output_dir=output_dir, allow_download=not no_download)
-    with RichEvents() as events:
-        report = api.evaluate(request, events)
-    if json_out:
-        print_json(report.to_dict())
-    else:
-        render(report)
+    run_and_show(api.evaluate, request, render, json_out)
 
 
 def render(report: api.EvalReport) -> None:

@@ -8,8 +8,14 @@ from typing import Annotated, Optional
 import typer
 
 from lenet_cli import api
-from lenet_cli.cli.console import RichEvents, columns_table, out, pct, print_json
-from lenet_cli.cli.options import DataDirOpt, JsonOpt, NoDownloadOpt, WeightsOpt, examples
+from lenet_cli.cli.console import columns_table, out, pct, run_and_show
+from lenet_cli.cli.options import (
+    DataDirOpt,
+    JsonOpt,
+    NoDownloadOpt,
+    WeightsOpt,
+    examples,
+)
 from lenet_cli.errors import UsageError
 from lenet_cli.onnx_io import DEFAULT_OPSET, MAX_OPSET, MIN_OPSET
 
@@ -47,12 +53,7 @@ def export(
         raise UsageError("Choose a format: --onnx.", "Example: lenet export --onnx --output model.onnx")
     request = api.ExportRequest(weights=weights, output=output, opset=opset, quantize=quantize, data_dir=data_dir,
                                 allow_download=not no_download)
-    with RichEvents() as events:
-        report = api.export(request, events)
-    if json_out:
-        print_json(report.to_dict())
-    else:
-        render(report)
+    run_and_show(api.export, request, render, json_out)
 
 
 def render(report: api.ExportReport) -> None:

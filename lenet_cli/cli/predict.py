@@ -11,7 +11,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from lenet_cli import api
-from lenet_cli.cli.console import RichEvents, error, out, print_json
+from lenet_cli.cli.console import error, out, run_and_show
 from lenet_cli.cli.options import JsonOpt, WeightsOpt, device_spec, examples
 from lenet_cli.devices import DEVICE_HELP
 from lenet_cli.errors import EXIT_FAILURE, IMAGE_HINTS
@@ -47,12 +47,7 @@ def predict(
     """
     request = api.PredictRequest(images=tuple(images), weights=weights, device=device_spec(device), top_k=top_k,
                                  invert=invert, preview_dir=save_preview)
-    with RichEvents() as events:
-        report = api.predict(request, events)
-    if json_out:
-        print_json(report.to_dict())
-    else:
-        render(report, top_k)
+    report = run_and_show(api.predict, request, lambda r: render(r, top_k), json_out)
     if report_failures(report, "the JSON" if json_out else "the table"):
         raise typer.Exit(EXIT_FAILURE)
 

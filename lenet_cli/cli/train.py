@@ -9,8 +9,24 @@ import typer
 from rich.table import Table
 
 from lenet_cli import api
-from lenet_cli.cli.console import RichEvents, epoch_table, key_value_table, note, out, pct, print_json, warn
-from lenet_cli.cli.options import DataDirOpt, DeviceOpt, JsonOpt, NoDownloadOpt, device_spec, examples
+from lenet_cli.cli.console import (
+    RichEvents,
+    epoch_table,
+    key_value_table,
+    note,
+    out,
+    pct,
+    print_json,
+    warn,
+)
+from lenet_cli.cli.options import (
+    DataDirOpt,
+    DeviceOpt,
+    JsonOpt,
+    NoDownloadOpt,
+    device_spec,
+    examples,
+)
 from lenet_cli.errors import EXIT_INTERRUPTED
 from lenet_cli.records import TrainConfig
 
@@ -70,11 +86,13 @@ def train(
                                allow_download=not no_download, resume=resume)
     with RichEvents() as events:
         report = api.train(request, events)
-    if json_out:
+    if json_out:  # the notice first, then the data (as the stopped run prints it in a terminal)
+        _say_how_to_continue(report)
         print_json(report.to_dict())
-    elif report.test is not None:
-        render(report)
-    _say_how_to_continue(report)
+    else:
+        if report.test is not None:
+            render(report)
+        _say_how_to_continue(report)
     if report.result.interrupted:
         raise typer.Exit(EXIT_INTERRUPTED)
 
