@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from lenet_cli.errors import WeightsError, first_line
-from lenet_cli.fileio import atomic_write_bytes
+from lenet_cli.fileio import atomic_write_bytes, not_a_file
 from lenet_cli.records import EpochRecord, TrainConfig, TrainState
 from lenet_cli.weights import mismatch, read_metadata, reference_tensors
 
@@ -104,8 +104,11 @@ def load_checkpoint(path: Path) -> TrainState:
 
     path = Path(path).expanduser()
     hint = "Pass the checkpoint.safetensors that `lenet train` wrote in its run folder."
-    if not path.is_file():
+    what = not_a_file(path)
+    if what == "missing":
         raise WeightsError(f"Checkpoint not found: {path}.", hint)
+    if what is not None:
+        raise WeightsError(f"{path} is {what}, not a checkpoint file.", hint)
     try:
         raw = path.read_bytes()
     except OSError as exc:

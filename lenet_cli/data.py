@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from lenet_cli.errors import DataError
+from lenet_cli.fileio import not_a_file
 
 if TYPE_CHECKING:  # pragma: no cover
     import torch
@@ -63,11 +64,18 @@ def _candidates(data_dir: Path, filename: str) -> list[Path]:
 
 
 def find_file(data_dir: Path, key: str) -> Path | None:
-    """The first existing copy of one MNIST file under `data_dir`, or None."""
+    """The first existing copy of one MNIST file under `data_dir`, or None.
+
+    Something else under that name (a named pipe, a device, a folder) is an error, not "missing":
+    it is never opened (a pipe would block) and never replaced by a download.
+    """
     filename, _ = MNIST_FILES[key]
     for path in _candidates(data_dir, filename):
-        if path.is_file():
+        what = not_a_file(path)
+        if what is None:
             return path
+        if what != "missing":
+            raise DataError(f"{path} is {what}, not an MNIST file.", f"Put the real file there. {_REFETCH}")
     return None
 
 

@@ -55,7 +55,8 @@ class ImageError(LenetError):
     """An image file cannot be read or holds no digit.
 
     `kind` names the failure for scripts (`lenet predict --json` reports it per file):
-    not_found, unreadable, empty, not_image, corrupt, too_large, no_ink.
+    not_found, unreadable, empty, not_image, corrupt, too_large, no_ink, not_a_file (a named pipe,
+    socket or device: never opened, so it cannot block).
     """
 
     def __init__(self, message: str, hint: str | None = None, kind: str = "corrupt") -> None:
@@ -72,7 +73,16 @@ IMAGE_HINTS = {
     "corrupt": "Save or download the image again.",
     "too_large": "Scale it down below 50 megapixels.",
     "no_ink": "Pass an image with a visible digit on a plain background.",
+    "not_a_file": "Pass image files; named pipes, sockets and devices are not read.",
 }
+
+
+class DivergedError(LenetError):
+    """Training produced a loss that is NaN or infinite: the run stops there, and saves nothing of it."""
+
+    def __init__(self, message: str, hint: str | None = None, epoch: int = 0, step: int = 0) -> None:
+        super().__init__(message, hint)
+        self.epoch, self.step = epoch, step
 
 
 class ExportError(LenetError):

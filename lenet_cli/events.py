@@ -30,6 +30,9 @@ class Events:
     def progress(self, label: str, done: int, total: int | None) -> None:
         """`done` of `total` items of work (files classified, measurements made)."""
 
+    def on_result(self, row: dict[str, Any]) -> None:
+        """One finished result (a file's prediction or error), as soon as it is known."""
+
     # Training.
     def on_start(self, info: dict[str, Any]) -> None:
         """Called once the data is on the device and the model is built."""

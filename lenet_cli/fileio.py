@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import os
+import stat
 import tempfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -90,3 +91,24 @@ def _output_error(target: Path, exc: OSError, hint: str = "Choose a writable loc
     if exc.errno == errno.EISDIR:
         return OutputError(f"Cannot write {target}: it is a directory.", "Give a file name, not a folder.")
     return OutputError(f"Cannot {what} {target}: {exc.strerror or exc}.", hint)
+
+
+def not_a_file(path: Path) -> str | None:
+    """What `path` is when it is not a regular file ("a named pipe", "a folder", ...); None for a file.
+
+    Uses stat, which never opens the path: opening a named pipe for reading blocks until a writer
+    comes, and reading a device may never end. A path that does not exist is "missing".
+    """
+    try:
+        mode = os.stat(path).st_mode
+    except FileNotFoundError:
+        return "missing"
+    except OSError:
+        return None  # cannot tell (permissions, a loop of links): opening it reports the real error
+    if stat.S_ISREG(mode):
+        return None
+    for test, what in ((stat.S_ISDIR, "a folder"), (stat.S_ISFIFO, "a named pipe"), (stat.S_ISSOCK, "a socket"),
+                       (stat.S_ISCHR, "a character device"), (stat.S_ISBLK, "a block device")):
+        if test(mode):
+            return what
+    return "not a regular file"

@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 
 from lenet_cli.errors import ImageError, first_line
+from lenet_cli.fileio import not_a_file
 
 MAX_PIXELS = 50_000_000  # refuse absurdly large images (decompression bombs)
 SUPPORTED = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp")
@@ -31,6 +32,9 @@ def load_gray(path: Path) -> tuple[np.ndarray, np.ndarray | None]:
         raise ImageError(f"{path}: file not found.", kind="not_found")
     if path.is_dir():
         raise ImageError(f"{path}: is a folder whose images could not be listed.", kind="unreadable")
+    what = not_a_file(path)
+    if what is not None:  # never opened: a named pipe would block the whole run
+        raise ImageError(f"{path}: is {what}, not an image file.", kind="not_a_file")
     try:
         fh = open(path, "rb")  # noqa: SIM115 - closed below; opened here to tell "unreadable" apart
     except OSError as exc:

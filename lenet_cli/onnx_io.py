@@ -26,6 +26,7 @@ from lenet_cli import __version__
 from lenet_cli.devices import DeviceSpec, onnx_providers
 from lenet_cli.errors import DeviceError, ExportError, WeightsError, first_line
 from lenet_cli.evaluate import softmax
+from lenet_cli.fileio import not_a_file
 
 if TYPE_CHECKING:  # pragma: no cover
     import numpy as np
@@ -106,8 +107,9 @@ def make_session(path: Path, device_spec: str | DeviceSpec = "cpu",
     providers = onnx_providers(device_spec)
     opts = session_options(threads)
     path = Path(path)
-    if not path.is_file():
-        raise WeightsError(f"ONNX file not found: {path}.",
+    what = not_a_file(path)
+    if what is not None:
+        raise WeightsError(f"ONNX file not found: {path}." if what == "missing" else f"{path} is {what}, not an ONNX file.",
                            "Check the path, or omit --weights to use the bundled model.")
     try:
         path.open("rb").close()  # onnxruntime reports an unreadable file as "system error number 13"

@@ -7,14 +7,17 @@ one-image answer takes a fraction of a second instead of the 2+ s `import torch`
 
 from __future__ import annotations
 
+import csv
+import json
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 
 from lenet_cli.devices import DeviceSpec
-from lenet_cli.errors import ImageError, first_line
+from lenet_cli.errors import ImageError, OutputError, first_line
 from lenet_cli.evaluate import softmax
 from lenet_cli.fileio import atomic_write_with, ensure_dir
 from lenet_cli.images import prepare_file
@@ -58,15 +61,26 @@ def predict_files(
     cfg: PredictConfig,
     on_file: Callable[[], None] | None = None,
 ) -> list[dict[str, Any]]:
-    """One row per path, in order: the prediction with top-k probabilities, or the file's error.
+    """One row per path, in order: the prediction with top-k probabilities, or the file's error."""
+    return list(iter_predictions(paths, logits_fn, cfg, on_file))
 
-    `logits_fn` maps uint8 (N, 28, 28) to logits (N, 10): a backend's `logits`.
+
+def iter_predictions(
+    paths: list[Path],
+    logits_fn: Callable[[np.ndarray], np.ndarray],
+    cfg: PredictConfig,
+    on_file: Callable[[], None] | None = None,
+) -> Iterator[dict[str, Any]]:
+    """The rows of `predict_files`, yielded in order as each batch is classified.
+
+    `logits_fn` maps uint8 (N, 28, 28) to logits (N, 10): a backend's `logits`. Memory holds one
+    batch of rows, however many paths there are.
     """
-    rows: list[dict[str, Any]] = []
+    window: list[dict[str, Any]] = []  # rows since the last batch, in order, errors included
     pending: list[tuple[dict[str, Any], np.ndarray]] = []
     used_names: set[str] = set()
 
-    def flush() -> None:
+    def classify() -> None:
         if not pending:
             return
         probs = softmax(logits_fn(np.stack([px for _, px in pending])))
@@ -78,28 +92,77 @@ def predict_files(
         pending.clear()
 
     for path in paths:
-        row: dict[str, Any] = {"file": str(path)}
-        rows.append(row)
-        try:
-            prepared = prepare_file(path, cfg.invert)
-        except ImageError as exc:
-            row["error"] = exc.message.removeprefix(f"{path}: ")  # the row already names the file
-            row["error_kind"] = exc.kind
-        except Exception as exc:  # noqa: BLE001 - one odd file must never cost the user the other rows
-            row["error"] = f"cannot process this image ({type(exc).__name__}: {first_line(exc)})"
-            row["error_kind"] = "corrupt"
-        else:
-            row["inverted"] = prepared.inverted
-            row["passthrough"] = prepared.passthrough
-            if cfg.preview_dir is not None:
-                row["preview"] = str(save_preview(prepared.pixels, cfg.preview_dir / _preview_name(path, used_names)))
-            pending.append((row, prepared.pixels))
-            if len(pending) >= cfg.batch_size:
-                flush()
+        row = _prepared_row(path, cfg, used_names, pending)
+        window.append(row)
+        if len(pending) >= cfg.batch_size:
+            classify()
+            yield from window
+            window.clear()
         if on_file is not None:
             on_file()
-    flush()
-    return rows
+    classify()
+    yield from window
+
+
+def _prepared_row(path: Path, cfg: PredictConfig, used_names: set[str],
+                  pending: list[tuple[dict[str, Any], np.ndarray]]) -> dict[str, Any]:
+    """A file's row: its error, or what preprocessing decided (its pixels join `pending`)."""
+    row: dict[str, Any] = {"file": str(path)}
+    try:
+        prepared = prepare_file(path, cfg.invert)
+    except ImageError as exc:
+        row["error"] = exc.message.removeprefix(f"{path}: ")  # the row already names the file
+        row["error_kind"] = exc.kind
+    except Exception as exc:  # noqa: BLE001 - one odd file must never cost the user the other rows
+        row["error"] = f"cannot process this image ({type(exc).__name__}: {first_line(exc)})"
+        row["error_kind"] = "corrupt"
+    else:
+        row["inverted"] = prepared.inverted
+        row["passthrough"] = prepared.passthrough
+        if cfg.preview_dir is not None:
+            row["preview"] = str(save_preview(prepared.pixels, cfg.preview_dir / _preview_name(path, used_names)))
+        pending.append((row, prepared.pixels))
+    return row
+
+
+class RowWriter:
+    """Rows written to a file as they come: JSON Lines (.jsonl) or CSV (.csv), flushed row by row.
+
+    Each row reaches the operating system when it is written, so a crash, Ctrl-C or SIGKILL
+    leaves every finished row in the file (a power cut may still lose what the disk had not stored).
+    """
+
+    CSV_FIELDS = ("file", "prediction", "confidence", "top_k", "inverted", "passthrough", "preview", "error",
+                  "error_kind")
+    SUFFIXES = (".jsonl", ".csv")
+
+    def __init__(self, path: Path) -> None:
+        self.path = Path(path)
+        self.csv = self.path.suffix.lower() == ".csv"
+        ensure_dir(self.path.parent, "--output")
+        try:
+            self.fh = open(self.path, "w", encoding="utf-8", newline="")  # noqa: SIM115 - closed in close()
+        except OSError as exc:
+            raise OutputError(f"Cannot write {self.path}: {exc.strerror or exc}.",
+                              "Choose a writable location with --output.") from exc
+        self.writer = csv.DictWriter(self.fh, fieldnames=self.CSV_FIELDS, lineterminator="\n") if self.csv else None
+        if self.writer is not None:
+            self.writer.writeheader()
+
+    def write(self, row: dict[str, Any]) -> None:
+        """Append one row and hand it to the operating system."""
+        if self.writer is not None:
+            flat = dict(row)
+            if "top_k" in flat:
+                flat["top_k"] = " ".join(f"{t['class']}:{t['probability']:.6f}" for t in flat["top_k"])
+            self.writer.writerow(flat)
+        else:
+            self.fh.write(json.dumps(row) + "\n")
+        self.fh.flush()
+
+    def close(self) -> None:
+        """Close the file."""
+        self.fh.close()
 
 
 def save_preview(pixels: np.ndarray, target: Path) -> Path:

@@ -1,21 +1,28 @@
-"""The run folder: where a training run's files go, and writing them.
+"""The run folder: where a training run's files go, writing them, and one writer at a time.
 
 A run folder holds best.safetensors, last.safetensors, checkpoint.safetensors,
-history.csv, history.json and curves.png, each written atomically.
+history.csv, history.json and curves.png, each written atomically, and while a run writes
+into it, its lock (.lenet-train.lock). A new run never replaces another run's files unless
+asked to (--exist-ok); `--resume` continues the run in its own folder.
 """
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import dataclasses
 import io
 import json
+import os
 import shlex
+import socket
 import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 from lenet_cli.checkpoint import CHECKPOINT_NAME
+from lenet_cli.errors import OutputError
 from lenet_cli.fileio import atomic_write_text, ensure_dir
 from lenet_cli.plots import save_training_curves
 from lenet_cli.records import EpochRecord, TrainConfig, TrainResult
@@ -99,3 +106,67 @@ def save_run(
     paths["history_json"] = atomic_write_text(out_dir / "history.json", json.dumps(history, indent=2))
     paths["curves"] = save_training_curves(result.history, out_dir / "curves.png")
     return paths
+
+
+RUN_FILES = ("best.safetensors", "last.safetensors", CHECKPOINT_NAME, "history.csv", "history.json", "curves.png")
+LOCK_NAME = ".lenet-train.lock"
+
+
+def run_files(folder: Path) -> list[str]:
+    """The files of a run that `folder` already holds (empty for a new or empty folder)."""
+    return [name for name in RUN_FILES if (Path(folder) / name).exists()]
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's process: alive
+        return True
+    return True
+
+
+@contextlib.contextmanager
+def run_lock(folder: Path, warn: Callable[[str], None]) -> Iterator[Path]:
+    """Hold `folder`'s lock while a run writes into it: one writer per run folder.
+
+    The lock is a file created exclusively (O_CREAT | O_EXCL: atomic, also on NFS v3+) holding the
+    process id and host. A second run gets an OutputError naming the holder; a lock left by a
+    process of this host that is no longer running is taken over, with a warning.
+    """
+    path = Path(folder) / LOCK_NAME
+    me = {"pid": os.getpid(), "host": socket.gethostname()}
+    for _ in range(2):
+        try:
+            fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+        except FileExistsError:
+            holder = _read_lock(path)
+            same_host = holder.get("host") == me["host"]
+            pid = holder.get("pid")
+            if same_host and isinstance(pid, int) and not _alive(pid):
+                warn(f"{folder} was locked by process {pid}, which is no longer running; taking the lock over.")
+                path.unlink(missing_ok=True)
+                continue
+            who = f"process {pid}" + ("" if same_host else f" on {holder.get('host', 'another host')}")
+            raise OutputError(f"{folder} is in use by another `lenet train` ({who}).",
+                              f"Wait for it to finish, or choose another --output-dir. If no run is using it, "
+                              f"delete {path}.") from None
+        except OSError as exc:
+            raise OutputError(f"Cannot lock {folder}: {exc.strerror or exc}.",
+                              "Choose a writable location with --output-dir.") from exc
+        with os.fdopen(fd, "w") as fh:
+            json.dump(me, fh)
+        break
+    try:
+        yield path
+    finally:
+        path.unlink(missing_ok=True)
+
+
+def _read_lock(path: Path) -> dict[str, Any]:
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return {}  # being written right now, or damaged: treated as held by an unknown process
+    return data if isinstance(data, dict) else {}

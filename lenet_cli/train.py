@@ -15,7 +15,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from lenet_cli.devices import describe_device
-from lenet_cli.errors import UsageError
+from lenet_cli.errors import DivergedError, UsageError
 from lenet_cli.evaluate import summarize, torch_logits
 from lenet_cli.events import Events
 from lenet_cli.recipe import (
@@ -159,22 +159,43 @@ class _Run:
         loss_sum = torch.full((), sums[0], device=self.device, dtype=self.acc_dtype)
         correct = torch.full((), int(sums[1]), device=self.device, dtype=torch.long)
         seen, carried, start = int(sums[2]), float(sums[3]), time.perf_counter()
-        stopped_at = None
+        # Every step's loss, kept on the device: divergence is checked where the loop reads the device
+        # anyway (progress, a stop, the epoch's end), and this says at which step it began.
+        losses = torch.zeros(self.steps, device=self.device, dtype=torch.float32)
+        checked, stopped_at = first, None
         for step in range(first, self.steps):
             idx = perm[step * self.bs : (step + 1) * self.bs]
             y = self.y_train[idx]
             loss, logits = train_step(self.net, self.opt, self.sched, self.x_train[idx], y, self.cfg, self.gen)
             # Accumulate on the device; a .item() per step would synchronise the GPU every step.
+            losses[step] = loss
             loss_sum += loss.to(self.acc_dtype) * y.shape[0]
             correct += (logits.argmax(1) == y).sum()
             seen += y.shape[0]
-            if step % PROGRESS_EVERY == 0 or step == self.steps - 1:
+            last = step == self.steps - 1
+            stopping = stop.requested and not last
+            if step % PROGRESS_EVERY == 0 or last or stopping:
+                self._check_finite(losses, checked, step + 1, epoch)
+                checked = step + 1
                 elapsed = time.perf_counter() - start
                 events.on_step(epoch, step + 1, self.steps, loss.item(), (seen - first * self.bs) / max(elapsed, 1e-9))
-            if stop.requested and step < self.steps - 1:
+            if stopping:
                 stopped_at = step + 1
                 break
         return stopped_at, [loss_sum.item(), float(correct.item()), float(seen), carried + time.perf_counter() - start]
+
+    def _check_finite(self, losses: "torch.Tensor", start: int, stop: int, epoch: int) -> None:
+        """DivergedError naming the first step in [start, stop) whose loss was NaN or infinite."""
+        import torch
+
+        bad = torch.nonzero(~torch.isfinite(losses[start:stop])).flatten()
+        if bad.numel():
+            step = start + int(bad[0]) + 1
+            value = float(losses[step - 1])
+            raise DivergedError(
+                f"Training diverged: the loss was {value} at step {step}/{self.steps} of epoch {epoch}.",
+                f"Train again with a lower --lr (this run's peak was {self.cfg.lr:g}); no weights of this epoch "
+                "were saved.", epoch=epoch, step=step)
 
     def end_epoch(self, epoch: int, sums: list[float]) -> EpochRecord:
         """Validate, record the epoch and keep its weights as best where `select_best` says so."""

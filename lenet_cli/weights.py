@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 
 from lenet_cli import __version__
 from lenet_cli.errors import WeightsError, first_line
-from lenet_cli.fileio import atomic_write_bytes
+from lenet_cli.fileio import atomic_write_bytes, not_a_file
 
 if TYPE_CHECKING:  # pragma: no cover
     import torch
@@ -74,6 +74,9 @@ def resolve_weights_path(weights: Path | None) -> Path:
         raise WeightsError(f"Weights file not found: {path}.", "Check the path, or omit --weights to use the bundled model.")
     if path.is_dir():
         raise WeightsError(f"{path} is a directory, not a weights file.", "Pass a .safetensors or .onnx file.")
+    what = not_a_file(path)
+    if what is not None:
+        raise WeightsError(f"{path} is {what}, not a weights file.", "Pass a .safetensors or .onnx file.")
     return path
 
 
@@ -117,7 +120,12 @@ def save_weights(
     from safetensors.torch import save
 
     base = getattr(model, "_orig_mod", model)
-    data = save(state_tensors(base), metadata=build_metadata(base, training, metrics))
+    tensors = state_tensors(base)
+    broken = next((k for k, v in tensors.items() if v.is_floating_point() and not bool(v.isfinite().all())), None)
+    if broken is not None:  # a weights file of NaNs would only fail later, in eval or predict
+        raise WeightsError(f"Refusing to write {path}: tensor {broken} holds NaN or infinite values.",
+                           "The run diverged; train again with a lower --lr.")
+    data = save(tensors, metadata=build_metadata(base, training, metrics))
     return atomic_write_bytes(Path(path), data)
 
 

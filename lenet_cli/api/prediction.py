@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -12,7 +12,7 @@ from lenet_cli.errors import UsageError
 from lenet_cli.events import Events
 from lenet_cli.fileio import ensure_dir
 from lenet_cli.imagefiles import expand_inputs
-from lenet_cli.predict import PredictConfig, default_model_path, predict_files
+from lenet_cli.predict import PredictConfig, RowWriter, default_model_path, iter_predictions
 
 PROGRESS_FROM_FILES = 50  # predict shows a progress bar from this many files
 
@@ -27,21 +27,22 @@ class PredictRequest:
     top_k: int = 3
     invert: bool | None = None  # None: detect per image
     preview_dir: Path | None = None
+    output: Path | None = None  # rows also go to this .jsonl or .csv file, as they are computed
+    keep_rows: int | None = None  # how many rows the report keeps (None: all); counts cover every row
 
 
 @dataclass
 class PredictReport:
-    """One row per input file, in order: a prediction or that file's error."""
+    """One row per input file, in order: a prediction or that file's error (the first `keep_rows` of them)."""
 
     weights: Path
     backend: str
     device: str
-    results: list[dict[str, Any]]
-
-    @property
-    def failed(self) -> list[dict[str, Any]]:
-        """The rows of files that could not be classified."""
-        return [row for row in self.results if row.get("error")]
+    results: list[dict[str, Any]] = field(default_factory=list)
+    total: int = 0
+    failed: int = 0
+    first_failure: dict[str, Any] | None = None
+    output: Path | None = None
 
     def to_dict(self) -> dict[str, Any]:
         """The JSON of `lenet predict --json`."""
@@ -49,16 +50,23 @@ class PredictReport:
 
 
 def predict(request: PredictRequest, events: Events | None = None) -> PredictReport:
-    """Preprocess and classify every image; per-file errors go into their row."""
+    """Preprocess and classify every image; per-file errors go into their row.
+
+    Each row goes to `events.on_result` and to `request.output` as soon as its batch is
+    classified, so a large job streams: memory holds one batch and the kept rows.
+    """
     events = events or Events()
     paths = expand_inputs(list(request.images))
     if not paths:
         raise UsageError("No images given.", "Example: lenet predict digit.png")
+    if request.output is not None and request.output.suffix.lower() not in RowWriter.SUFFIXES:
+        raise UsageError(f"--output should end in .jsonl or .csv, got {request.output}.")
     model_path = default_model_path(request.weights, request.device)
     if request.preview_dir is not None:
         ensure_dir(request.preview_dir, "--save-preview")  # an unwritable preview folder fails before any work
     cfg = PredictConfig(top_k=request.top_k, invert=request.invert, preview_dir=request.preview_dir)
     backend = load_backend(model_path, request.device)
+    report = PredictReport(model_path, backend.name, backend.device, output=request.output)
     on_file = None
     if len(paths) >= PROGRESS_FROM_FILES:
         done = [0]
@@ -67,5 +75,19 @@ def predict(request: PredictRequest, events: Events | None = None) -> PredictRep
             done[0] += 1
             events.progress("Classifying", done[0], len(paths))
 
-    rows = predict_files(paths, backend.logits, cfg, on_file=on_file)
-    return PredictReport(model_path, backend.name, backend.device, rows)
+    writer = RowWriter(request.output) if request.output is not None else None
+    try:
+        for row in iter_predictions(paths, backend.logits, cfg, on_file=on_file):
+            report.total += 1
+            if row.get("error"):
+                report.failed += 1
+                report.first_failure = report.first_failure or row
+            if request.keep_rows is None or len(report.results) < request.keep_rows:
+                report.results.append(row)
+            if writer is not None:
+                writer.write(row)
+            events.on_result(row)
+    finally:
+        if writer is not None:
+            writer.close()
+    return report

@@ -16,12 +16,12 @@ from lenet_cli.devices import (
     parse_device,
     resolve_device,
 )
-from lenet_cli.errors import UsageError
+from lenet_cli.errors import DivergedError, OutputError, UsageError
 from lenet_cli.evaluate import EvalResult, metrics_from_logits, torch_logits
 from lenet_cli.events import Events
 from lenet_cli.fileio import ensure_dir
 from lenet_cli.records import TrainConfig, TrainResult, TrainState
-from lenet_cli.runs import checkpoint_path, new_run_dir, resume_command, save_run
+from lenet_cli.runs import checkpoint_path, new_run_dir, resume_command, run_files, run_lock, save_run
 from lenet_cli.signals import StopSignal
 from lenet_cli.train import train as train_loop
 
@@ -36,6 +36,7 @@ class TrainRequest:
     output_dir: Path | None = None  # None: runs/train-<time>, or the resumed run's folder
     allow_download: bool = True
     resume: Path | None = None  # a run folder or its checkpoint.safetensors
+    exist_ok: bool = False  # may replace the files of a run already in output_dir
 
 
 @dataclass
@@ -97,38 +98,61 @@ def _load_training_data(request: TrainRequest, cfg: TrainConfig, events: Events
         raise UsageError(f"--val-size {cfg.val_size} leaves no training images (the training set has {len(full)}).",
                          f"Use a --val-size below {len(full)}; the default is 5000.")
     train_split, val_split = train_val_split(full, cfg.val_size)
+    if cfg.batch_size > len(train_split):
+        raise UsageError(f"--batch-size {cfg.batch_size} is larger than the {len(train_split):,} training images "
+                         f"(after --val-size {cfg.val_size}): every epoch would be one step.",
+                         f"Use a --batch-size of at most {len(train_split):,}; the default is {TrainConfig().batch_size}.")
     return train_split, val_split, test
+
+
+def _run_folder(request: TrainRequest, resumed_from: Path | None, events: Events) -> Path:
+    """The folder this run writes; never one that holds another run, unless --exist-ok says so."""
+    out_dir = new_run_dir("train", request.output_dir or (resumed_from.parent if resumed_from else None))
+    own = resumed_from is not None and out_dir.resolve() == resumed_from.parent.resolve()
+    files = run_files(out_dir)
+    if files and not own:
+        if not request.exist_ok:
+            hint = "Continue it with `lenet train --resume " + str(out_dir) + "`, replace its files with --exist-ok, "
+            raise OutputError(f"{out_dir} already holds a run ({', '.join(files)}).",
+                              hint + "or choose another --output-dir.")
+        events.warn(f"--exist-ok: this run replaces {', '.join(files)} in {out_dir}.")
+    ensure_dir(out_dir)  # fail on an unwritable output dir before spending minutes training
+    return out_dir
 
 
 def train(request: TrainRequest, events: Events | None = None) -> TrainReport:
     """Load data, train, save everything, evaluate best.safetensors on the test set.
 
     A checkpoint is written after every epoch and when Ctrl-C or SIGTERM stops the run
-    mid-epoch; `request.resume` continues a stopped run. The test set is used once, for the
-    report; never for choosing the epoch.
+    mid-epoch; `request.resume` continues a stopped run. The run holds its folder's lock
+    throughout. The test set is used once, for the report; never for choosing the epoch.
     """
-    from lenet_cli.kernels import speed_up  # kernels.py and model.py import torch
-    from lenet_cli.model import PRESETS
+    from lenet_cli.model import PRESETS  # model.py imports torch
 
     events = events or Events()
     cfg, spec, state = request.config, request.device, None
     cfg.validate()
     if cfg.preset not in PRESETS:
         raise UsageError(f"Unknown --arch {cfg.preset!r}.", f"Choose one of: {', '.join(PRESETS)}.")
-    out_dir = request.output_dir
     if request.resume is not None:
         cfg, spec, state = resolve_resume(request)
-        out_dir = out_dir or checkpoint_path(request.resume).parent
-    out_dir = new_run_dir("train", out_dir)
+    out_dir = _run_folder(request, checkpoint_path(request.resume) if request.resume else None, events)
+    with run_lock(out_dir, events.warn):
+        return _train_in(out_dir, request, cfg, spec, state, events)
+
+
+def _train_in(out_dir: Path, request: TrainRequest, cfg: TrainConfig, spec: DeviceSpec, state: TrainState | None,
+              events: Events) -> TrainReport:
+    from lenet_cli.kernels import speed_up  # kernels.py imports torch
+
     device = resolve_device(spec)
-    ensure_dir(out_dir)  # fail on an unwritable output dir before spending minutes training
     train_split, val_split, test = _load_training_data(request, cfg, events)
     checkpoint = checkpoint_path(out_dir)
     again = resume_command(checkpoint, request.data_dir, str(spec))
     stop = StopSignal()
     stop.on_request.append(lambda: events.warn("Stopping at the end of this step to save a checkpoint "
                                                "(press Ctrl-C again to quit at once)."))
-    saved = {"checkpoint": False}
+    saved = {"checkpoint": state is not None}
 
     def keep(snapshot: TrainState) -> None:
         save_checkpoint(checkpoint, dataclasses.replace(snapshot, device=str(spec)))
@@ -141,10 +165,13 @@ def train(request: TrainRequest, events: Events | None = None) -> TrainReport:
             result = train_loop(cfg, train_split, val_split, device, events, resume=state, stop=stop,
                                 on_checkpoint=keep)
         except KeyboardInterrupt:
-            if saved["checkpoint"] or state is not None:
+            if saved["checkpoint"]:
                 events.warn(f"Aborted. The last checkpoint is {checkpoint}; continue with:")
                 events.note(f"  {again}")
             raise
+        except DivergedError as exc:
+            kept = f" The checkpoint of the last good epoch is kept: {checkpoint}." if saved["checkpoint"] else ""
+            raise DivergedError(exc.message, f"{exc.hint}{kept}", epoch=exc.epoch, step=exc.step) from exc
         report = TrainReport(cfg, spec, describe_device(device), checkpoint, again, result)
         if not result.history:  # stopped inside the first epoch: only the checkpoint exists
             return report

@@ -102,6 +102,11 @@ def confusion_table(confusion: list[list[int]]) -> Table:
     return table
 
 
+def _count(n: int, noun: str) -> str:
+    """1 epoch, 15 epochs."""
+    return f"{n:,} {noun}" if n == 1 else f"{n:,} {noun}s"
+
+
 class RichEvents(Events):
     """Progress of any command on stderr: spinners, bars, warnings, and training's live epoch table.
 
@@ -182,7 +187,7 @@ class RichEvents(Events):
         err.print(
             f"Training LeNet-5 '{info['preset']}' ({info['param_count']:,} parameters) on {info['device']}: "
             f"{info['train_size']:,} train / {info['val_size']:,} validation images, "
-            f"{self.epochs} epochs of {info['steps_per_epoch']} steps.",
+            f"{_count(self.epochs, 'epoch')} of {_count(info['steps_per_epoch'], 'step')}.",
             soft_wrap=True,
         )
         if info.get("resumed_from"):

@@ -2,25 +2,29 @@
 
 from __future__ import annotations
 
+import json
 import sys
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated, Any, Optional
 
 import typer
 from rich.markup import escape
 from rich.table import Table
 
 from lenet_cli import api
-from lenet_cli.cli.console import error, out, run_and_show
+from lenet_cli.cli.console import RichEvents, error, out, run_and_show
 from lenet_cli.cli.options import JsonOpt, WeightsOpt, device_spec, examples
 from lenet_cli.devices import DEVICE_HELP
-from lenet_cli.errors import EXIT_FAILURE, IMAGE_HINTS
+from lenet_cli.errors import EXIT_FAILURE, IMAGE_HINTS, UsageError
+
+TABLE_ROWS = 200  # the table is for reading; --jsonl and --output carry every row
 
 EPILOG = examples(
     "lenet predict digit.png",
     "lenet predict photos/ 'scans/*.jpg' --top-k 3",
     "lenet predict digit.png --weights model.onnx --json",
     "lenet predict drawing.png --save-preview previews/  # see what the model saw",
+    "lenet predict scans/ --jsonl > results.jsonl  # a large folder, streamed",
 )
 
 
@@ -37,6 +41,12 @@ def predict(
     save_preview: Annotated[
         Optional[Path], typer.Option("--save-preview", help="Write the 28x28 images the model saw into this folder.")
     ] = None,
+    output: Annotated[
+        Optional[Path], typer.Option("--output", "-o", help="Also write every row to this .jsonl or .csv file as it is "
+                                     "computed (a crash or Ctrl-C keeps the finished rows).", show_default=False)
+    ] = None,
+    jsonl: Annotated[bool, typer.Option("--jsonl", help="Print one JSON object per file on stdout as it is computed, "
+                                        "instead of a table (for scripts and large folders).")] = False,
     json_out: JsonOpt = False,
 ) -> None:
     """Classify images of digits: photos, scans, drawings, icons, MNIST crops.
@@ -44,17 +54,38 @@ def predict(
     Each image is turned into MNIST's form first (polarity, contrast, crop,
     stroke width, 20x20 fit, centre of mass). A file that fails is reported in
     its row; the others are still classified; the exit code is 1 if any failed.
+    Large folders stream with --jsonl or --output: rows are written as they are
+    computed and memory stays flat; the table shows the first 200 rows.
     """
+    if jsonl and json_out:
+        raise UsageError("--json and --jsonl are two formats of the same rows; choose one.",
+                         "--jsonl streams one object per line; --json prints one document at the end.")
     request = api.PredictRequest(images=tuple(images), weights=weights, device=device_spec(device), top_k=top_k,
-                                 invert=invert, preview_dir=save_preview)
-    report = run_and_show(api.predict, request, lambda r: render(r, top_k), json_out)
-    if report_failures(report, "the JSON" if json_out else "the table"):
+                                 invert=invert, preview_dir=save_preview, output=output,
+                                 keep_rows=None if json_out else (0 if jsonl else TABLE_ROWS))
+    if jsonl:
+        with JsonLinesEvents() as events:
+            report = api.predict(request, events)
+    else:
+        report = run_and_show(api.predict, request, lambda r: render(r, top_k), json_out)
+    if report_failures(report, "the JSON" if json_out or jsonl else "the table"):
         raise typer.Exit(EXIT_FAILURE)
+
+
+class JsonLinesEvents(RichEvents):
+    """Progress on stderr as usual; each finished row as one JSON line on stdout, at once."""
+
+    def on_result(self, row: dict[str, Any]) -> None:
+        sys.stdout.write(json.dumps(row) + "\n")
+        sys.stdout.flush()
 
 
 def render(report: api.PredictReport, top_k: int) -> None:
     """One row per file: prediction, confidence, top-k and what preprocessing decided, or the error."""
     table = Table(title=f"Predictions ({report.backend} on {report.device})", title_justify="left")
+    if report.total > len(report.results):
+        where = f"; every row is in {report.output}" if report.output else "; use --jsonl or --output for all of them"
+        table.caption = f"the first {len(report.results):,} of {report.total:,} files{where}"
     longest = max(len(row["file"]) for row in report.results)
     table.add_column("file", overflow="fold", min_width=min(longest, 48))  # fold only very long paths
     table.add_column("digit", justify="center")
@@ -74,13 +105,12 @@ def render(report: api.PredictReport, top_k: int) -> None:
 
 def report_failures(report: api.PredictReport, where: str = "the table") -> bool:
     """One line on stderr when files failed: how many, the first one's error and what to do. True if any."""
-    failed = report.failed
-    if not failed:
+    first = report.first_failure
+    if not report.failed or first is None:
         return False
-    first = failed[0]
     hint = IMAGE_HINTS.get(first.get("error_kind", ""), "")
-    head = f"{len(failed)} of {len(report.results)} file(s) could not be classified"
-    head += ": " if len(failed) == 1 else f" (see {where}); the first, "
+    head = f"{report.failed} of {report.total} file(s) could not be classified"
+    head += ": " if report.failed == 1 else f" (see {where}); the first, "
     sys.stdout.flush()  # the data first, then the summary, even when both streams go to one pipe
     error(f"{head}{first['file']}: {first['error']} {hint}".rstrip())
     return True

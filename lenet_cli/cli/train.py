@@ -69,6 +69,8 @@ def train(
         Optional[Path], typer.Option("--resume", help="Continue a stopped run from its checkpoint.safetensors "
                                      "(or its folder), with the settings it was started with.", show_default=False)
     ] = None,
+    exist_ok: Annotated[bool, typer.Option("--exist-ok", help="Let this run replace the files of a run already "
+                                           "in --output-dir (without it, such a folder is refused).")] = False,
     json_out: JsonOpt = False,
 ) -> None:
     """Train LeNet-5 on MNIST and save the weights as safetensors.
@@ -83,7 +85,7 @@ def train(
                       optimizer=optimizer, label_smoothing=label_smoothing, augment=augment, val_size=val_size,
                       seed=seed, dry_run=dry_run)
     request = api.TrainRequest(config=cfg, device=device_spec(device), data_dir=data_dir, output_dir=output_dir,
-                               allow_download=not no_download, resume=resume)
+                               allow_download=not no_download, resume=resume, exist_ok=exist_ok)
     with RichEvents() as events:
         report = api.train(request, events)
     if json_out:  # the notice first, then the data (as the stopped run prints it in a terminal)
