@@ -94,7 +94,7 @@ def iter_predictions(
     for path in paths:
         row = _prepared_row(path, cfg, used_names, pending)
         window.append(row)
-        if len(pending) >= cfg.batch_size:
+        if len(pending) >= cfg.batch_size or not pending:  # a batch is full, or only errors wait
             classify()
             yield from window
             window.clear()

@@ -40,7 +40,7 @@ def new_run_dir(prefix: str, output_dir: Path | None = None) -> Path:
     while path.exists():
         n += 1
         path = base.with_name(f"{base.name}-{n}")
-    return path
+    return path  # two runs started in the same second may pick one name: the folder lock tells them apart
 
 
 def checkpoint_path(path: Path) -> Path:
@@ -117,51 +117,54 @@ def run_files(folder: Path) -> list[str]:
     return [name for name in RUN_FILES if (Path(folder) / name).exists()]
 
 
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # someone else's process: alive
-        return True
-    return True
-
-
 @contextlib.contextmanager
 def run_lock(folder: Path, warn: Callable[[str], None]) -> Iterator[Path]:
     """Hold `folder`'s lock while a run writes into it: one writer per run folder.
 
-    The lock is a file created exclusively (O_CREAT | O_EXCL: atomic, also on NFS v3+) holding the
-    process id and host. A second run gets an OutputError naming the holder; a lock left by a
-    process of this host that is no longer running is taken over, with a warning.
+    The lock is the kernel's (flock on .lenet-train.lock), so it ends with its process however that
+    ends (kill -9 and power cuts included): no process id has to be guessed alive or dead. The file
+    holds the holder's process id and host, for the message a second run gets; a file left by a
+    holder that is gone is taken over with a warning.
     """
+    import fcntl  # POSIX; lenet's run folders are locked on Linux and macOS
+
     path = Path(folder) / LOCK_NAME
     me = {"pid": os.getpid(), "host": socket.gethostname()}
-    for _ in range(2):
+    while True:
         try:
-            fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
-        except FileExistsError:
-            holder = _read_lock(path)
-            same_host = holder.get("host") == me["host"]
-            pid = holder.get("pid")
-            if same_host and isinstance(pid, int) and not _alive(pid):
-                warn(f"{folder} was locked by process {pid}, which is no longer running; taking the lock over.")
-                path.unlink(missing_ok=True)
-                continue
-            who = f"process {pid}" + ("" if same_host else f" on {holder.get('host', 'another host')}")
-            raise OutputError(f"{folder} is in use by another `lenet train` ({who}).",
-                              f"Wait for it to finish, or choose another --output-dir. If no run is using it, "
-                              f"delete {path}.") from None
+            fd = os.open(path, os.O_CREAT | os.O_RDWR, 0o644)
         except OSError as exc:
             raise OutputError(f"Cannot lock {folder}: {exc.strerror or exc}.",
                               "Choose a writable location with --output-dir.") from exc
-        with os.fdopen(fd, "w") as fh:
-            json.dump(me, fh)
-        break
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            holder = _read_lock(path)
+            os.close(fd)
+            pid, host = holder.get("pid", "unknown"), holder.get("host")
+            who = f"process {pid}" + ("" if host in (None, me["host"]) else f" on {host}")
+            raise OutputError(f"{folder} is in use by another `lenet train` ({who}).",
+                              "Wait for it to finish, or choose another --output-dir.") from None
+        # The holder before us may have removed the file between our open and our lock: then the
+        # lock we hold is on a file nobody else will see. Lock the file that is at the path.
+        try:
+            same = os.stat(path).st_ino == os.fstat(fd).st_ino
+        except FileNotFoundError:
+            same = False
+        if same:
+            break
+        os.close(fd)
+    stale = _read_lock(path)
+    if stale:
+        warn(f"{folder} was locked by process {stale.get('pid', 'unknown')}, which is no longer running; "
+             "taking the lock over.")
+    os.ftruncate(fd, 0)
+    os.write(fd, json.dumps(me).encode())
     try:
         yield path
     finally:
-        path.unlink(missing_ok=True)
+        path.unlink(missing_ok=True)  # while still holding the lock: no one else can own this file now
+        os.close(fd)
 
 
 def _read_lock(path: Path) -> dict[str, Any]:

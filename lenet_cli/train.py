@@ -197,6 +197,21 @@ class _Run:
                 f"Train again with a lower --lr (this run's peak was {self.cfg.lr:g}); no weights of this epoch "
                 "were saved.", epoch=epoch, step=step)
 
+    def check_weights(self, epoch: int, step: int) -> None:
+        """DivergedError when a parameter or buffer is NaN or infinite (before any checkpoint of them).
+
+        The losses are checked step by step; this catches the update of a step whose loss was still
+        finite. One device read per checkpoint.
+        """
+        import torch
+
+        tensors = [t for t in self.model.state_dict().values() if t.is_floating_point()]
+        if not bool(torch.stack([torch.isfinite(t).all() for t in tensors]).all()):
+            raise DivergedError(
+                f"Training diverged: the weights became NaN or infinite by step {step}/{self.steps} of epoch {epoch}.",
+                f"Train again with a lower --lr (this run's peak was {self.cfg.lr:g}); no weights of this epoch "
+                "were saved.", epoch=epoch, step=step)
+
     def end_epoch(self, epoch: int, sums: list[float]) -> EpochRecord:
         """Validate, record the epoch and keep its weights as best where `select_best` says so."""
         val = summarize(torch_logits(self.net, self.x_val), self.y_val) if self.x_val.shape[0] else None
@@ -271,12 +286,14 @@ def train(
             interrupted = True
             break
         if stopped_at is not None:
+            run.check_weights(epoch, stopped_at)
             if on_checkpoint is not None:
                 import torch
 
                 on_checkpoint(run.snapshot(epoch - 1, stopped_at, run.perm, torch.tensor(sums, dtype=torch.float64)))
             interrupted, stopped_in = True, (epoch, stopped_at, run.steps)
             break
+        run.check_weights(epoch, run.steps)
         events.on_epoch_end(run.end_epoch(epoch, sums))
         if on_checkpoint is not None:
             on_checkpoint(run.snapshot(epoch, 0))

@@ -201,3 +201,52 @@ def test_the_property_catches_a_crash(monkeypatch, tmp_path, digit_png):
     result = invoke(["predict", digit_png, "--weights", path, "--device", "cpu"])
     with pytest.raises(AssertionError, match="Unexpected"):
         check_clean(result)
+
+
+# ------------------------------------------------------------------ non-regular files and streams
+
+
+@FUZZ
+@given(kinds=st.lists(st.sampled_from(["image", "fifo", "folder", "missing", "garbage"]), min_size=1, max_size=8),
+       stream=st.sampled_from(["--json", "--jsonl", "--output"]))
+def test_any_mix_of_files_pipes_and_folders_streams_one_row_each_in_order(kinds, stream, tmp_path_factory):
+    """Whatever the inputs are, predict never blocks, gives one row per input in order, and the
+    streamed formats hold exactly the rows --json holds."""
+    folder = tmp_path_factory.mktemp("mix")
+    paths = []
+    for i, kind in enumerate(kinds):
+        path = folder / f"{i:02d}-{kind}.png"
+        if kind == "image":
+            path.write_bytes(IMAGE_SEEDS["PNG"])
+        elif kind == "fifo":
+            os.mkfifo(path)
+        elif kind == "folder":
+            path.mkdir()
+        elif kind == "garbage":
+            path.write_bytes(b"\x89PNG not really")
+        paths.append(path)
+    args = ["predict", *paths]
+    out = folder / "rows.jsonl"
+    if stream == "--output":
+        args += ["--output", out, "--json"]
+    else:
+        args += [stream]
+    result = invoke(args)
+    check_clean(result)
+    # Folders are expanded to their images (none here); every other input has its row, in order.
+    expected = [str(p) for p, kind in zip(paths, kinds) if kind != "folder"]
+    if not expected:
+        assert result.exit_code == 2 and "No images given" in result.stderr
+        return
+    if stream == "--jsonl":
+        rows = [json.loads(line) for line in result.stdout.splitlines()]
+    else:
+        rows = check_json(result)["results"]
+    if stream == "--output":
+        assert [json.loads(line) for line in out.read_text().splitlines()] == rows
+    assert [row["file"] for row in rows] == expected
+    for row, kind in zip(rows, [k for k in kinds if k != "folder"]):
+        assert ("error" in row) == (kind != "image"), row
+        if kind == "fifo":
+            assert row["error_kind"] == "not_a_file"
+    assert result.exit_code == (1 if any(k != "image" for k in kinds if k != "folder") else 0)

@@ -87,22 +87,57 @@ def test_a_folder_that_holds_a_run_is_refused_and_kept_byte_for_byte(tiny_mnist,
     assert snapshot(out)["best.safetensors"] != before["best.safetensors"]
 
 
+HOLD = """
+import fcntl, json, os, socket, sys, time
+fd = os.open(sys.argv[1], os.O_CREAT | os.O_RDWR)
+fcntl.flock(fd, fcntl.LOCK_EX)
+os.write(fd, json.dumps({"pid": os.getpid(), "host": socket.gethostname()}).encode())
+print("locked", flush=True)
+time.sleep(60)
+"""
+
+
 def test_a_folder_in_use_is_refused_naming_the_holder(tiny_mnist, tmp_path):
     out = tmp_path / "run"
     out.mkdir()
-    holder = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    holder = subprocess.Popen([sys.executable, "-c", HOLD, str(out / LOCK_NAME)], stdout=subprocess.PIPE, text=True)
     try:
-        (out / LOCK_NAME).write_text(json.dumps({"pid": holder.pid, "host": os.uname().nodename}))
+        assert holder.stdout.readline().strip() == "locked"
         result = invoke("train", *FAST, "--data-dir", tiny_mnist, "-o", out)
         one_error_line(result, 1, "in use", f"process {holder.pid}")
         assert not (out / "best.safetensors").exists()
     finally:
-        holder.kill()
+        holder.kill()  # like kill -9: the kernel drops its lock; its lock file stays behind
         holder.wait()
-    # The holder is gone now: its lock is taken over, with a warning, and the run completes.
     result = invoke("train", *FAST, "--data-dir", tiny_mnist, "-o", out)
     assert result.exit_code == 0, result.output
     assert "no longer running" in result.stderr and not (out / LOCK_NAME).exists()
+
+
+def test_a_stale_lock_with_a_live_or_reused_pid_is_taken_over(tiny_mnist, tmp_path):
+    """After a restart the stale lock's pid may be ours, or another live process's: the kernel's lock decides."""
+    out = tmp_path / "run"
+    out.mkdir()
+    (out / LOCK_NAME).write_text(json.dumps({"pid": os.getpid(), "host": os.uname().nodename}))
+    result = invoke("train", *FAST, "--data-dir", tiny_mnist, "-o", out)
+    assert result.exit_code == 0, result.output
+    assert "no longer running" in result.stderr
+
+
+def test_a_usage_error_found_after_the_folder_was_made_leaves_no_empty_folder(tiny_mnist, tmp_path):
+    out = tmp_path / "new"
+    result = invoke("train", *FAST, "--batch-size", "100000", "--data-dir", tiny_mnist, "-o", out)
+    assert result.exit_code == 2 and not out.exists()
+
+
+def test_rows_of_failed_files_stream_without_waiting_for_a_batch(tmp_path):
+    from lenet_cli.predict import PredictConfig, iter_predictions
+
+    seen = []
+    rows = iter_predictions([tmp_path / f"missing-{i}.png" for i in range(10_000)], lambda x: x, PredictConfig(),
+                            on_file=lambda: seen.append(1))
+    first = next(rows)
+    assert first["error_kind"] == "not_found" and len(seen) <= 1
 
 
 def test_two_runs_started_together_into_one_folder_leave_one_run(tiny_mnist, tmp_path):

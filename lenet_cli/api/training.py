@@ -105,40 +105,49 @@ def _load_training_data(request: TrainRequest, cfg: TrainConfig, events: Events
     return train_split, val_split, test
 
 
-def _run_folder(request: TrainRequest, resumed_from: Path | None, events: Events) -> Path:
-    """The folder this run writes; never one that holds another run, unless --exist-ok says so."""
-    out_dir = new_run_dir("train", request.output_dir or (resumed_from.parent if resumed_from else None))
+def _check_folder(out_dir: Path, request: TrainRequest, events: Events) -> None:
+    """A run never replaces another run's files, unless --exist-ok says so; --resume writes its own folder."""
+    resumed_from = checkpoint_path(request.resume) if request.resume is not None else None
     own = resumed_from is not None and out_dir.resolve() == resumed_from.parent.resolve()
     files = run_files(out_dir)
-    if files and not own:
-        if not request.exist_ok:
-            hint = "Continue it with `lenet train --resume " + str(out_dir) + "`, replace its files with --exist-ok, "
-            raise OutputError(f"{out_dir} already holds a run ({', '.join(files)}).",
-                              hint + "or choose another --output-dir.")
-        events.warn(f"--exist-ok: this run replaces {', '.join(files)} in {out_dir}.")
-    ensure_dir(out_dir)  # fail on an unwritable output dir before spending minutes training
-    return out_dir
+    if not files or own:
+        return
+    if not request.exist_ok:
+        raise OutputError(f"{out_dir} already holds a run ({', '.join(files)}).",
+                          f"Continue it with `lenet train --resume {out_dir}`, replace its files with --exist-ok, "
+                          "or choose another --output-dir.")
+    events.warn(f"--exist-ok: this run replaces {', '.join(files)} in {out_dir}.")
 
 
 def train(request: TrainRequest, events: Events | None = None) -> TrainReport:
     """Load data, train, save everything, evaluate best.safetensors on the test set.
 
     A checkpoint is written after every epoch and when Ctrl-C or SIGTERM stops the run
-    mid-epoch; `request.resume` continues a stopped run. The run holds its folder's lock
-    throughout. The test set is used once, for the report; never for choosing the epoch.
+    mid-epoch; `request.resume` continues a stopped run. The run holds its folder's lock from
+    before it looks into the folder until its last file is written. The test set is used once,
+    for the report; never for choosing the epoch.
     """
     from lenet_cli.model import PRESETS  # model.py imports torch
 
     events = events or Events()
-    cfg, spec, state = request.config, request.device, None
-    cfg.validate()
-    if cfg.preset not in PRESETS:
-        raise UsageError(f"Unknown --arch {cfg.preset!r}.", f"Choose one of: {', '.join(PRESETS)}.")
-    if request.resume is not None:
-        cfg, spec, state = resolve_resume(request)
-    out_dir = _run_folder(request, checkpoint_path(request.resume) if request.resume else None, events)
-    with run_lock(out_dir, events.warn):
-        return _train_in(out_dir, request, cfg, spec, state, events)
+    request.config.validate()
+    if request.config.preset not in PRESETS:
+        raise UsageError(f"Unknown --arch {request.config.preset!r}.", f"Choose one of: {', '.join(PRESETS)}.")
+    default = checkpoint_path(request.resume).parent if request.resume is not None else None
+    out_dir = new_run_dir("train", request.output_dir or default)
+    created = not out_dir.exists()
+    ensure_dir(out_dir)  # fail on an unwritable output dir before spending minutes training
+    try:
+        with run_lock(out_dir, events.warn):
+            _check_folder(out_dir, request, events)
+            cfg, spec, state = request.config, request.device, None
+            if request.resume is not None:
+                cfg, spec, state = resolve_resume(request)
+            return _train_in(out_dir, request, cfg, spec, state, events)
+    except BaseException:
+        if created and not any(out_dir.iterdir()):
+            out_dir.rmdir()  # a run that failed before writing anything leaves no empty folder behind
+        raise
 
 
 def _train_in(out_dir: Path, request: TrainRequest, cfg: TrainConfig, spec: DeviceSpec, state: TrainState | None,
@@ -152,11 +161,12 @@ def _train_in(out_dir: Path, request: TrainRequest, cfg: TrainConfig, spec: Devi
     stop = StopSignal()
     stop.on_request.append(lambda: events.warn("Stopping at the end of this step to save a checkpoint "
                                                "(press Ctrl-C again to quit at once)."))
-    saved = {"checkpoint": state is not None}
+    # The newest checkpoint on disk: the one resumed from until this run writes its own.
+    saved = {"checkpoint": checkpoint_path(request.resume) if state is not None and request.resume else None}
 
     def keep(snapshot: TrainState) -> None:
         save_checkpoint(checkpoint, dataclasses.replace(snapshot, device=str(spec)))
-        saved["checkpoint"] = True
+        saved["checkpoint"] = checkpoint
 
     # The handler stays on through the test evaluation and the saving: a Ctrl-C there must not
     # cost the weights of a finished run (the run simply completes).
@@ -166,12 +176,13 @@ def _train_in(out_dir: Path, request: TrainRequest, cfg: TrainConfig, spec: Devi
                                 on_checkpoint=keep)
         except KeyboardInterrupt:
             if saved["checkpoint"]:
-                events.warn(f"Aborted. The last checkpoint is {checkpoint}; continue with:")
-                events.note(f"  {again}")
+                events.warn(f"Aborted. The last checkpoint is {saved['checkpoint']}; continue with:")
+                events.note(f"  {resume_command(saved['checkpoint'], request.data_dir, str(spec))}")
             raise
         except DivergedError as exc:
-            kept = f" The checkpoint of the last good epoch is kept: {checkpoint}." if saved["checkpoint"] else ""
-            raise DivergedError(exc.message, f"{exc.hint}{kept}", epoch=exc.epoch, step=exc.step) from exc
+            kept = f" The last checkpoint before it is kept: {saved['checkpoint']}." if saved["checkpoint"] else ""
+            hint = f"{exc.hint}{kept} A new run needs another --output-dir, or --exist-ok."
+            raise DivergedError(exc.message, hint, epoch=exc.epoch, step=exc.step) from exc
         report = TrainReport(cfg, spec, describe_device(device), checkpoint, again, result)
         if not result.history:  # stopped inside the first epoch: only the checkpoint exists
             return report

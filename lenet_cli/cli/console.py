@@ -158,8 +158,10 @@ class RichEvents(Events):
                 TimeElapsedColumn,
             )
 
+            # redirect_stdout=False: data written to stdout meanwhile (predict --jsonl) stays on stdout.
             self.bar = Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
-                                TimeElapsedColumn(), console=err, transient=True)
+                                TimeElapsedColumn(), console=err, transient=True, redirect_stdout=False,
+                                redirect_stderr=False)
             self.bar.start()
             self.bar_task = self.bar.add_task(label, total=total)
         self.bar.update(self.bar_task, description=escape(label), completed=done, total=total)
@@ -193,7 +195,7 @@ class RichEvents(Events):
         if info.get("resumed_from"):
             epoch, step = info["resumed_from"]
             if epoch > self.epochs:
-                err.print(f"All {self.epochs} epochs were done; evaluating and saving the weights.")
+                err.print(f"All {_count(self.epochs, 'epoch')} done; evaluating and saving the weights.")
             else:
                 err.print(f"Resuming at epoch {epoch}, step {step + 1}.")
         if err.is_terminal:

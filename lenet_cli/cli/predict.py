@@ -75,9 +75,13 @@ def predict(
 class JsonLinesEvents(RichEvents):
     """Progress on stderr as usual; each finished row as one JSON line on stdout, at once."""
 
+    def __init__(self) -> None:
+        super().__init__()
+        self.stdout = sys.stdout  # the real one, whatever a live display does to sys.stdout later
+
     def on_result(self, row: dict[str, Any]) -> None:
-        sys.stdout.write(json.dumps(row) + "\n")
-        sys.stdout.flush()
+        self.stdout.write(json.dumps(row) + "\n")
+        self.stdout.flush()
 
 
 def render(report: api.PredictReport, top_k: int) -> None:
