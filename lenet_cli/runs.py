@@ -126,8 +126,6 @@ def run_lock(folder: Path, warn: Callable[[str], None]) -> Iterator[Path]:
     holds the holder's process id and host, for the message a second run gets; a file left by a
     holder that is gone is taken over with a warning.
     """
-    import fcntl  # POSIX; lenet's run folders are locked on Linux and macOS
-
     path = Path(folder) / LOCK_NAME
     me = {"pid": os.getpid(), "host": socket.gethostname()}
     while True:
@@ -136,9 +134,7 @@ def run_lock(folder: Path, warn: Callable[[str], None]) -> Iterator[Path]:
         except OSError as exc:
             raise OutputError(f"Cannot lock {folder}: {exc.strerror or exc}.",
                               "Choose a writable location with --output-dir.") from exc
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError:
+        if not _try_lock(fd):
             holder = _read_lock(path)
             os.close(fd)
             pid, host = holder.get("pid", "unknown"), holder.get("host")
@@ -163,8 +159,34 @@ def run_lock(folder: Path, warn: Callable[[str], None]) -> Iterator[Path]:
     try:
         yield path
     finally:
-        path.unlink(missing_ok=True)  # while still holding the lock: no one else can own this file now
+        try:
+            path.unlink(missing_ok=True)  # while still holding the lock: no one else can own this file now
+            removed = True
+        except OSError:  # Windows cannot remove an open file: there, close it first
+            removed = False
         os.close(fd)
+        if not removed:
+            with contextlib.suppress(OSError):
+                path.unlink(missing_ok=True)
+
+
+def _try_lock(fd: int) -> bool:
+    """Take the kernel's exclusive lock on an open file without waiting; False if another process holds it."""
+    try:
+        import fcntl
+    except ImportError:  # Windows: a lock on the file's first byte, also released when its process ends
+        import msvcrt
+
+        try:
+            msvcrt.locking(fd, msvcrt.LK_NBLCK, 1)
+        except OSError:
+            return False
+        return True
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        return False
+    return True
 
 
 def _read_lock(path: Path) -> dict[str, Any]:
