@@ -173,13 +173,14 @@ class _Run:
             correct += (logits.argmax(1) == y).sum()
             seen += y.shape[0]
             last = step == self.steps - 1
-            stopping = stop.requested and not last
-            if step % PROGRESS_EVERY == 0 or last or stopping:
+            if step % PROGRESS_EVERY == 0 or last or stop.requested:
                 self._check_finite(losses, checked, step + 1, epoch)
                 checked = step + 1
                 elapsed = time.perf_counter() - start
                 events.on_step(epoch, step + 1, self.steps, loss.item(), (seen - first * self.bs) / max(elapsed, 1e-9))
-            if stopping:
+            # A stop asked for during this step (a signal, or by on_step itself) ends the epoch here; the
+            # losses up to this step were checked just above.
+            if stop.requested and not last:
                 stopped_at = step + 1
                 break
         return stopped_at, [loss_sum.item(), float(correct.item()), float(seen), carried + time.perf_counter() - start]

@@ -106,7 +106,16 @@ def test_predict_options(recorded, tmp_path, flags, invert):
     result = run("predict", "a.png", "dir/", "*.jpg", "-k", "5", "--save-preview", str(tmp_path), *flags)
     assert result.exit_code == 0, result.output
     assert recorded == [api.PredictRequest(images=("a.png", "dir/", "*.jpg"), top_k=5, invert=invert,
-                                           preview_dir=tmp_path)]
+                                           preview_dir=tmp_path, keep_rows=200)]  # the table's rows
+
+
+def test_predict_streaming_options(recorded, tmp_path):
+    assert run("predict", "a.png", "--jsonl", "-o", str(tmp_path / "r.csv")).exit_code == 0
+    assert run("predict", "a.png", "--json").exit_code == 0
+    assert recorded == [api.PredictRequest(images=("a.png",), output=tmp_path / "r.csv", keep_rows=0),
+                        api.PredictRequest(images=("a.png",), keep_rows=None)]
+    result = run("predict", "a.png", "--json", "--jsonl")
+    assert result.exit_code == 2 and "choose one" in result.output and len(recorded) == 2
 
 
 @pytest.mark.parametrize("args", [["predict"], ["predict", "a.png", "-k", "11"]])

@@ -195,7 +195,8 @@ class RichEvents(Events):
         if info.get("resumed_from"):
             epoch, step = info["resumed_from"]
             if epoch > self.epochs:
-                err.print(f"All {_count(self.epochs, 'epoch')} done; evaluating and saving the weights.")
+                done = "The 1 epoch was done" if self.epochs == 1 else f"All {self.epochs:,} epochs were done"
+                err.print(f"{done}; evaluating and saving the weights.")
             else:
                 err.print(f"Resuming at epoch {epoch}, step {step + 1}.")
         if err.is_terminal:
