@@ -55,23 +55,14 @@ def _preview_name(path: Path, used: set[str]) -> str:
     return name
 
 
-def predict_files(
-    paths: list[Path],
-    logits_fn: Callable[[np.ndarray], np.ndarray],
-    cfg: PredictConfig,
-    on_file: Callable[[], None] | None = None,
-) -> list[dict[str, Any]]:
-    """One row per path, in order: the prediction with top-k probabilities, or the file's error."""
-    return list(iter_predictions(paths, logits_fn, cfg, on_file))
-
-
 def iter_predictions(
     paths: list[Path],
     logits_fn: Callable[[np.ndarray], np.ndarray],
     cfg: PredictConfig,
     on_file: Callable[[], None] | None = None,
 ) -> Iterator[dict[str, Any]]:
-    """The rows of `predict_files`, yielded in order as each batch is classified.
+    """One row per path, in order (the prediction with top-k probabilities, or the file's error),
+    yielded as each batch is classified.
 
     `logits_fn` maps uint8 (N, 28, 28) to logits (N, 10): a backend's `logits`. Memory holds one
     batch of rows, however many paths there are.

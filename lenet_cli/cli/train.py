@@ -63,7 +63,7 @@ def train(
                                           help="Random rotation/scale/shift of training digits.")] = D.augment,
     label_smoothing: Annotated[float, typer.Option(help="Cross-entropy label smoothing.", min=0.0,
                                                    max=0.99)] = D.label_smoothing,
-    dry_run: Annotated[bool, typer.Option("--dry-run", help="One batch per epoch, to check that everything runs.")] = False,
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="One batch per epoch, to check that everything runs.")] = D.dry_run,
     no_download: NoDownloadOpt = False,
     resume: Annotated[
         Optional[Path], typer.Option("--resume", help="Continue a stopped run from its checkpoint.safetensors "
