@@ -56,7 +56,7 @@ def save_checkpoint(path: Path, state: TrainState) -> Path:
     from lenet_cli.model import preset_config
 
     tensors: dict[str, torch.Tensor] = {}
-    for prefix, sd in (("model.", state.model), ("best.", state.best_state)):
+    for prefix, sd in (("model.", state.model), ("best.", state.best_state), ("ema.", state.ema or {})):
         for k, v in sd.items():
             tensors[prefix + k] = v.detach().to("cpu").contiguous()
     opt_state = state.optimizer["state"]
@@ -161,6 +161,7 @@ def load_checkpoint(path: Path) -> TrainState:
             extra=h.get("extra", {}),
             model_config=ModelConfig.from_json(json.dumps(h["model_config"])),
             device=device,
+            ema=sub("ema.") or None,
         )
         if state.model_config.preset != cfg.preset:
             raise ValueError(f"model config of preset {state.model_config.preset!r} in a {cfg.preset!r} run")

@@ -106,12 +106,27 @@ def build_schedule(opt: "torch.optim.Optimizer", cfg: TrainConfig, steps_per_epo
     return torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=cfg.lr, total_steps=total, pct_start=pct)
 
 
+def build_ema(model: "torch.nn.Module", cfg: TrainConfig) -> Any:
+    """torch's AveragedModel keeping an exponential moving average of the weights, or None.
+
+    Batch-norm statistics are averaged with the weights (`use_buffers`), so the averaged model's
+    statistics belong to its own weights.
+    """
+    if cfg.ema_decay == 0:
+        return None
+    from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
+
+    return AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(cfg.ema_decay), use_buffers=True)
+
+
 def train_step(net: "torch.nn.Module", opt: "torch.optim.Optimizer", sched: Any, x: "torch.Tensor",
-               y: "torch.Tensor", cfg: TrainConfig, gen: "torch.Generator") -> tuple["torch.Tensor", "torch.Tensor"]:
+               y: "torch.Tensor", cfg: TrainConfig, gen: "torch.Generator",
+               ema: Any = None) -> tuple["torch.Tensor", "torch.Tensor"]:
     """One training step on a uint8 batch x (B, 28, 28) and labels y (B,), both on the device.
 
-    Augment, forward, loss, backward, optimizer, schedule. Returns the loss and the logits,
-    detached and still on the device (reading them would synchronise a GPU).
+    Augment, forward, loss, backward, optimizer, schedule, and the weights' moving average
+    (`ema`, from `build_ema`). Returns the loss and the logits, detached and still on the
+    device (reading them would synchronise a GPU).
     """
     import torch.nn.functional as F
 
@@ -124,4 +139,6 @@ def train_step(net: "torch.nn.Module", opt: "torch.optim.Optimizer", sched: Any,
     loss.backward()
     opt.step()
     sched.step()
+    if ema is not None:
+        ema.update_parameters(net)  # net shares its parameters and buffers, in order, with the model
     return loss.detach(), logits.detach()

@@ -43,12 +43,20 @@ def check_resumable(state: TrainState, cfg: TrainConfig, n: int, steps: int) -> 
 
 
 def restore(state: TrainState, model: "torch.nn.Module", opt: "torch.optim.Optimizer", sched: Any,
-            gen: "torch.Generator", device: "torch.device") -> None:
-    """Load a checkpoint's model, optimizer, schedule and generators; WeightsError if they do not fit."""
+            gen: "torch.Generator", device: "torch.device", ema: Any = None) -> None:
+    """Load a checkpoint's model, optimizer, schedule, generators and weights' average (`ema`).
+
+    WeightsError if they do not fit.
+    """
     import torch
 
     try:
         model.load_state_dict({k: v.to(device) for k, v in state.model.items()})
+        if (ema is None) != (state.ema is None):
+            raise ValueError("the run keeps a moving average of the weights and the checkpoint does not, "
+                             "or the other way round")
+        if ema is not None:
+            ema.load_state_dict({k: v.to(device) for k, v in state.ema.items()})
         check_optimizer_state(state.optimizer, opt)
         ours = [{k: v for k, v in g.items() if k not in _RESTORED and k != "params"} for g in opt.param_groups]
         opt.load_state_dict(state.optimizer)

@@ -19,6 +19,7 @@ from lenet_cli.errors import DivergedError, UsageError
 from lenet_cli.evaluate import summarize, torch_logits
 from lenet_cli.events import Events
 from lenet_cli.recipe import (
+    build_ema,
     build_optimizer,
     build_schedule,
     keep_freed_memory,
@@ -96,6 +97,9 @@ class _Run:
         self.steps = 1 if cfg.dry_run else math.ceil(self.n / self.bs)
         self.opt = build_optimizer(self.model, cfg, device)
         self.sched = build_schedule(self.opt, cfg, self.steps)
+        # With --ema the run's result is the moving average: it is what validation sees and what is saved.
+        self.ema = build_ema(self.model, cfg)
+        self.result_model = self.model if self.ema is None else self.ema.module
         self.gen = torch.Generator().manual_seed(cfg.seed)  # CPU generator: device-independent shuffling
         self.history: list[EpochRecord] = []
         self.best_score, self.best_epoch = -1.0, 0
@@ -106,7 +110,7 @@ class _Run:
         self.acc_dtype = torch.float32 if device.type == "mps" else torch.float64
         if resume is not None:
             check_resumable(resume, cfg, self.n, self.steps)
-            restore(resume, self.model, self.opt, self.sched, self.gen, device)
+            restore(resume, self.model, self.opt, self.sched, self.gen, device, self.ema)
             self.history = list(resume.history)
             self.best_score, self.best_epoch = resume.best_score, resume.best_epoch
             self.best_state = dict(resume.best_state)
@@ -114,7 +118,7 @@ class _Run:
             self.prior_seconds = resume.train_seconds
         # The weights of the last completed epoch: what a resumed run holds at an epoch boundary.
         # Resumed mid-epoch, they are not in memory, and an earlier session has written them already.
-        self.last_state = cpu_state(self.model) if self.history and self.start_step == 0 else {}
+        self.last_state = cpu_state(self.result_model) if self.history and self.start_step == 0 else {}
 
     def seconds(self) -> float:
         """Training time so far, earlier sessions of a resumed run included."""
@@ -132,7 +136,7 @@ class _Run:
             history=list(self.history), best_epoch=self.best_epoch, best_score=self.best_score,
             best_state=self.best_state, perm=None if perm is None else perm.to("cpu"), sums=sums,
             train_seconds=self.seconds(), extra={"train_size": self.n, "steps_per_epoch": self.steps},
-            model_config=self.model.cfg,
+            model_config=self.model.cfg, ema=None if self.ema is None else cpu_state(self.ema),
         )
 
     def epoch_start(self, epoch: int) -> tuple["torch.Tensor", int, list[float]]:
@@ -166,7 +170,8 @@ class _Run:
         for step in range(first, self.steps):
             idx = perm[step * self.bs : (step + 1) * self.bs]
             y = self.y_train[idx]
-            loss, logits = train_step(self.net, self.opt, self.sched, self.x_train[idx], y, self.cfg, self.gen)
+            loss, logits = train_step(self.net, self.opt, self.sched, self.x_train[idx], y, self.cfg, self.gen,
+                                      self.ema)
             # Accumulate on the device; a .item() per step would synchronise the GPU every step.
             losses[step] = loss
             loss_sum += loss.to(self.acc_dtype) * y.shape[0]
@@ -206,7 +211,8 @@ class _Run:
         """
         import torch
 
-        tensors = [t for t in self.model.state_dict().values() if t.is_floating_point()]
+        states = [self.model.state_dict()] + ([] if self.ema is None else [self.ema.state_dict()])
+        tensors = [t for sd in states for t in sd.values() if t.is_floating_point()]
         if not bool(torch.stack([torch.isfinite(t).all() for t in tensors]).all()):
             raise DivergedError(
                 f"Training diverged: the weights became NaN or infinite by step {step}/{self.steps} of epoch {epoch}.",
@@ -215,7 +221,10 @@ class _Run:
 
     def end_epoch(self, epoch: int, sums: list[float]) -> EpochRecord:
         """Validate, record the epoch and keep its weights as best where `select_best` says so."""
-        val = summarize(torch_logits(self.net, self.x_val), self.y_val) if self.x_val.shape[0] else None
+        from lenet_cli.kernels import speed_up
+
+        net = self.net if self.ema is None else speed_up(self.result_model, self.device)
+        val = summarize(torch_logits(net, self.x_val), self.y_val) if self.x_val.shape[0] else None
         loss_sum, correct, seen, seconds = sums
         record = EpochRecord(
             epoch=epoch, train_loss=loss_sum / max(seen, 1), train_acc=correct / max(seen, 1),
@@ -223,7 +232,7 @@ class _Run:
             lr=self.opt.param_groups[0]["lr"], seconds=seconds, images_per_s=seen / max(seconds, 1e-9),
         )
         self.history.append(record)
-        self.last_state = cpu_state(self.model)
+        self.last_state = cpu_state(self.result_model)
         score = select_best(self.cfg, record, val is not None, self.best_score)
         if score is not None:
             self.best_score, self.best_epoch, self.best_state = score, epoch, self.last_state

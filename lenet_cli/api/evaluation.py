@@ -29,6 +29,7 @@ class EvalRequest:
     plots: bool = True
     output_dir: Path | None = None  # where the PNGs go; None: runs/eval-<time>
     allow_download: bool = True
+    tta: bool = False  # average over one-pixel shifts (tta.py)
 
 
 @dataclass
@@ -42,11 +43,12 @@ class EvalReport:
     seconds: float
     result: EvalResult
     files: dict[str, Path] = field(default_factory=dict)
+    tta: bool = False
 
     def to_dict(self) -> dict[str, Any]:
         """The JSON of `lenet eval --json`."""
         data = {"weights": str(self.weights), "backend": self.backend, "device": self.device, "preset": self.preset,
-                "seconds": self.seconds, **self.result.to_dict()}
+                "seconds": self.seconds, "tta": self.tta, **self.result.to_dict()}
         if self.files:
             data["files"] = {k: str(v) for k, v in self.files.items()}
         return data
@@ -77,7 +79,13 @@ def _evaluate(path: Path, request: EvalRequest, plot_dir: Path | None, events: E
     start = time.perf_counter()
     with events.stage(f"Evaluating {path.name} on {len(test):,} test images ..."):
         backend = load_backend(path, request.device)
-        if isinstance(backend, OnnxBackend):
+        if request.tta:
+            import torch
+
+            from lenet_cli.tta import tta_logits
+
+            logits = torch.from_numpy(tta_logits(backend.logits, test.images.numpy()))
+        elif isinstance(backend, OnnxBackend):
             import torch
 
             logits = torch.from_numpy(backend.logits(test.images.numpy()))
@@ -86,7 +94,7 @@ def _evaluate(path: Path, request: EvalRequest, plot_dir: Path | None, events: E
             logits = backend.logits_tensor(test.images)
         result = metrics_from_logits(logits, test.labels)
     report = EvalReport(path, backend.name, backend.device, backend.metadata.get("preset"),
-                        time.perf_counter() - start, result)
+                        time.perf_counter() - start, result, tta=request.tta)
     if plot_dir is not None:
         wrong = result.misclassified[:64]
         title = f"Confusion matrix: {path.name}, accuracy {pct(result.accuracy)}"

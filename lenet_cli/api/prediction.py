@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -13,6 +14,7 @@ from lenet_cli.events import Events
 from lenet_cli.fileio import ensure_dir
 from lenet_cli.imagefiles import expand_inputs
 from lenet_cli.predict import PredictConfig, RowWriter, default_model_path, iter_predictions
+from lenet_cli.tta import tta_logits
 
 PROGRESS_FROM_FILES = 50  # predict shows a progress bar from this many files
 
@@ -29,6 +31,7 @@ class PredictRequest:
     preview_dir: Path | None = None
     output: Path | None = None  # rows also go to this .jsonl or .csv file, as they are computed
     keep_rows: int | None = None  # how many rows the report keeps (None: all); counts cover every row
+    tta: bool = False  # average over one-pixel shifts (tta.py)
 
 
 @dataclass
@@ -77,7 +80,8 @@ def predict(request: PredictRequest, events: Events | None = None) -> PredictRep
 
     writer = RowWriter(request.output) if request.output is not None else None
     try:
-        for row in iter_predictions(paths, backend.logits, cfg, on_file=on_file):
+        logits_fn = backend.logits if not request.tta else functools.partial(tta_logits, backend.logits)
+        for row in iter_predictions(paths, logits_fn, cfg, on_file=on_file):
             report.total += 1
             if row.get("error"):
                 report.failed += 1

@@ -76,7 +76,9 @@ def resolve_resume(request: TrainRequest) -> tuple[TrainConfig, DeviceSpec, Trai
     """
     assert request.resume is not None
     state = load_checkpoint(checkpoint_path(request.resume))
-    given, saved, default = request.config, state.config, TrainConfig()
+    given, saved = request.config, state.config
+    # What the command line gives when an option is left out: the recipe for the given epoch budget.
+    default = dataclasses.replace(TrainConfig.for_budget(given.epochs), epochs=TrainConfig.epochs)
     clash = [f.name for f in dataclasses.fields(TrainConfig)
              if getattr(given, f.name) != getattr(default, f.name) and getattr(given, f.name) != getattr(saved, f.name)]
     if clash:

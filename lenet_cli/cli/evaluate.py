@@ -21,6 +21,7 @@ from lenet_cli.cli.options import (
     DeviceOpt,
     JsonOpt,
     NoDownloadOpt,
+    TtaOpt,
     WeightsOpt,
     device_spec,
     examples,
@@ -30,6 +31,7 @@ EPILOG = examples(
     "lenet eval  # the bundled model",
     "lenet eval --weights runs/train-*/best.safetensors",
     "lenet eval --weights model.onnx --json > metrics.json",
+    "lenet eval --tta  # average over one-pixel shifts of each digit",
 )
 
 
@@ -43,6 +45,7 @@ def eval_(
     ] = None,
     plots: Annotated[bool, typer.Option("--plots/--no-plots", help="Write confusion-matrix and misclassified PNGs.")] = True,
     no_download: NoDownloadOpt = False,
+    tta: TtaOpt = False,
     json_out: JsonOpt = False,
 ) -> None:
     """Accuracy on the 10,000 MNIST test images: overall, per class, confusion matrix.
@@ -50,7 +53,7 @@ def eval_(
     Accepts a .safetensors file (PyTorch) or an exported .onnx file (onnxruntime).
     """
     request = api.EvalRequest(weights=weights, device=device_spec(device), data_dir=data_dir, plots=plots,
-                              output_dir=output_dir, allow_download=not no_download)
+                              output_dir=output_dir, allow_download=not no_download, tta=tta)
     run_and_show(api.evaluate, request, render, json_out)
 
 

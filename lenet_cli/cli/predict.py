@@ -13,7 +13,7 @@ from rich.table import Table
 
 from lenet_cli import api
 from lenet_cli.cli.console import RichEvents, error, out, run_and_show
-from lenet_cli.cli.options import JsonOpt, WeightsOpt, device_spec, examples
+from lenet_cli.cli.options import JsonOpt, TtaOpt, WeightsOpt, device_spec, examples
 from lenet_cli.devices import DEVICE_HELP
 from lenet_cli.errors import EXIT_FAILURE, IMAGE_HINTS, UsageError
 
@@ -47,6 +47,7 @@ def predict(
     ] = None,
     jsonl: Annotated[bool, typer.Option("--jsonl", help="Print one JSON object per file on stdout as it is computed, "
                                         "instead of a table (for scripts and large folders).")] = False,
+    tta: TtaOpt = False,
     json_out: JsonOpt = False,
 ) -> None:
     """Classify images of digits: photos, scans, drawings, icons, MNIST crops.
@@ -61,7 +62,7 @@ def predict(
         raise UsageError("--json and --jsonl are two formats of the same rows; choose one.",
                          "--jsonl streams one object per line; --json prints one document at the end.")
     request = api.PredictRequest(images=tuple(images), weights=weights, device=device_spec(device), top_k=top_k,
-                                 invert=invert, preview_dir=save_preview, output=output,
+                                 invert=invert, preview_dir=save_preview, output=output, tta=tta,
                                  keep_rows=None if json_out else (0 if jsonl else TABLE_ROWS))
     if jsonl:
         with JsonLinesEvents() as events:

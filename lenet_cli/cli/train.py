@@ -28,13 +28,14 @@ from lenet_cli.cli.options import (
     examples,
 )
 from lenet_cli.errors import EXIT_INTERRUPTED
-from lenet_cli.records import TrainConfig
+from lenet_cli.records import SHORT_RUN, SHORT_RUN_EPOCHS, TrainConfig
 
 D = TrainConfig()  # the defaults of every option below come from the config, not repeated here
 
 EPILOG = examples(
     "lenet train  # 15 epochs, modern preset, auto device",
     "lenet train --epochs 15 --device cuda --seed 1",
+    "lenet train --epochs 1  # a good model fast: short runs take a recipe of their own",
     "lenet train --arch classic --output-dir runs/classic",
     "lenet train --epochs 1 --dry-run  # one batch per epoch: check the set-up",
     "lenet train --resume runs/train-20261121-101500  # continue a stopped run (its folder or checkpoint)",
@@ -46,8 +47,13 @@ FILE_LABELS = (("best", "best weights"), ("last", "last weights"), ("curves", "c
 def train(
     epochs: Annotated[int, typer.Option(help="Passes over the training set.", min=1)] = D.epochs,
     device: DeviceOpt = "auto",
-    batch_size: Annotated[int, typer.Option("--batch-size", "-b", help="Images per step.", min=1)] = D.batch_size,
-    lr: Annotated[float, typer.Option(help="Peak learning rate (one-cycle schedule).")] = D.lr,
+    batch_size: Annotated[Optional[int], typer.Option(
+        "--batch-size", "-b", min=1, show_default=False,
+        help=f"Images per step. Default: {D.batch_size}, or {SHORT_RUN['batch_size']} for runs of at most "
+             f"{SHORT_RUN_EPOCHS} epochs.")] = None,
+    lr: Annotated[Optional[float], typer.Option(
+        show_default=False, help=f"Peak learning rate (one-cycle schedule). Default: {D.lr:g}, or "
+                                 f"{SHORT_RUN['lr']:g} for runs of at most {SHORT_RUN_EPOCHS} epochs.")] = None,
     seed: Annotated[int, typer.Option(help="Random seed: same seed and device give the same weights.")] = D.seed,
     arch: Annotated[str, typer.Option("--arch", "--preset", help="Model preset: modern | classic.")] = D.preset,
     data_dir: DataDirOpt = None,
@@ -63,6 +69,9 @@ def train(
                                           help="Random rotation/scale/shift of training digits.")] = D.augment,
     label_smoothing: Annotated[float, typer.Option(help="Cross-entropy label smoothing.", min=0.0,
                                                    max=0.99)] = D.label_smoothing,
+    ema: Annotated[float, typer.Option("--ema", help="Keep an exponential moving average of the weights with this "
+                                       "per-step decay (e.g. 0.999) and save it as the result; 0: off.",
+                                       min=0.0, max=0.9999)] = D.ema_decay,
     dry_run: Annotated[bool, typer.Option("--dry-run", help="One batch per epoch, to check that everything runs.")] = D.dry_run,
     no_download: NoDownloadOpt = False,
     resume: Annotated[
@@ -81,9 +90,10 @@ def train(
     test images are only used for the final report. Also writes last.safetensors,
     history.csv, history.json and curves.png.
     """
-    cfg = TrainConfig(preset=arch, epochs=epochs, batch_size=batch_size, lr=lr, weight_decay=weight_decay,
-                      optimizer=optimizer, label_smoothing=label_smoothing, augment=augment, val_size=val_size,
-                      seed=seed, dry_run=dry_run)
+    # Unset options (None) take the recipe's default for this many epochs.
+    cfg = TrainConfig.for_budget(epochs, preset=arch, batch_size=batch_size, lr=lr, weight_decay=weight_decay,
+                                 optimizer=optimizer, label_smoothing=label_smoothing, ema_decay=ema,
+                                 augment=augment, val_size=val_size, seed=seed, dry_run=dry_run)
     request = api.TrainRequest(config=cfg, device=device_spec(device), data_dir=data_dir, output_dir=output_dir,
                                allow_download=not no_download, resume=resume, exist_ok=exist_ok)
     with RichEvents() as events:

@@ -1,0 +1,150 @@
+"""The recipe's levers: the weights' moving average (--ema), the short-run recipe, --tta."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from lenet_cli.checkpoint import CHECKPOINT_NAME, load_checkpoint, save_checkpoint
+from lenet_cli.cli.app import app
+from lenet_cli.data import load_split, train_val_split
+from lenet_cli.errors import WeightsError
+from lenet_cli.events import Events
+from lenet_cli.records import SHORT_RUN, TrainConfig
+from lenet_cli.signals import StopSignal
+from lenet_cli.train import train
+from lenet_cli.tta import SHIFTS, shifted, tta_logits
+
+CPU = torch.device("cpu")
+EMA = TrainConfig(epochs=2, batch_size=64, val_size=100, seed=3, ema_decay=0.9)
+
+
+@pytest.fixture(scope="module")
+def splits(tiny_mnist):
+    return train_val_split(load_split(tiny_mnist, "train", allow_download=False), EMA.val_size)
+
+
+@pytest.fixture(scope="module")
+def ema_run(splits):
+    return train(EMA, *splits, CPU)
+
+
+class StopAt(Events):
+    def __init__(self, stop: StopSignal, epoch: int, step: int) -> None:
+        self.stop, self.epoch, self.step = stop, epoch, step
+
+    def on_step(self, epoch, step, steps, loss, images_per_s):
+        if (epoch, step) >= (self.epoch, self.step):
+            self.stop.request()
+
+
+def test_ema_run_saves_the_average_not_the_last_step(splits, ema_run):
+    plain = train(TrainConfig(**{**EMA.__dict__, "ema_decay": 0.0}), *splits, CPU)
+    # Same seed, same steps: the raw weights are the plain run's; the saved ones are their average.
+    for name, value in plain.last_state.items():
+        if value.is_floating_point():
+            assert torch.equal(ema_run.model.state_dict()[name].cpu(), value), name
+    differs = [k for k, v in ema_run.last_state.items() if v.is_floating_point() and not torch.equal(v, plain.last_state[k])]
+    assert differs, "the saved weights should be the moving average"
+    assert ema_run.last_state.keys() == plain.last_state.keys()
+
+
+@pytest.mark.parametrize("epoch, step", [(1, 2), (2, 1)])
+def test_ema_run_resumes_to_the_same_average(splits, ema_run, tmp_path, epoch, step):
+    stop, ckpt = StopSignal(), tmp_path / CHECKPOINT_NAME
+    train(EMA, *splits, CPU, StopAt(stop, epoch, step), stop=stop, on_checkpoint=lambda s: save_checkpoint(ckpt, s))
+    state = load_checkpoint(ckpt)
+    assert state.ema is not None and "n_averaged" in state.ema
+    resumed = train(EMA, *splits, CPU, resume=state)
+    for k, v in ema_run.last_state.items():
+        assert torch.equal(v, resumed.last_state[k]), k
+    assert [r.val_loss for r in resumed.history] == [r.val_loss for r in ema_run.history]
+
+
+def test_a_checkpoint_without_its_average_is_a_clear_error(splits, tmp_path):
+    stop, ckpt = StopSignal(), tmp_path / CHECKPOINT_NAME
+    train(EMA, *splits, CPU, StopAt(stop, 1, 1), stop=stop, on_checkpoint=lambda s: save_checkpoint(ckpt, s))
+    state = load_checkpoint(ckpt)
+    state.ema = None
+    with pytest.raises(WeightsError, match="moving average"):
+        train(EMA, *splits, CPU, resume=state)
+
+
+def test_files_from_before_the_average_existed_ran_without_one():
+    data = TrainConfig().to_dict("auto")
+    del data["ema_decay"]
+    assert TrainConfig.from_dict(data).ema_decay == 0.0
+
+
+def test_short_runs_take_their_own_recipe_and_options_still_win():
+    assert TrainConfig.for_budget(1).batch_size == SHORT_RUN["batch_size"]
+    assert TrainConfig.for_budget(2).lr == SHORT_RUN["lr"]
+    assert TrainConfig.for_budget(15) == TrainConfig()
+    assert TrainConfig.for_budget(1, batch_size=32, lr=None).batch_size == 32
+    assert TrainConfig.for_budget(1, batch_size=32, lr=None).lr == SHORT_RUN["lr"]
+
+
+@pytest.mark.parametrize("bad", ["-0.1", "1.0"])
+def test_ema_out_of_range_is_a_usage_error(bad):
+    result = CliRunner().invoke(app, ["train", "--ema", bad])
+    assert result.exit_code == 2
+
+
+def test_shifted_moves_pixels_and_fills_with_black():
+    a = np.zeros((1, 28, 28), np.uint8)
+    a[0, 0, 0], a[0, 27, 27] = 200, 100
+    down_right = shifted(a, 1, 1)
+    assert down_right[0, 1, 1] == 200 and down_right.sum() == 200  # the corner pixel left the image
+    assert shifted(a, -1, -1)[0, 26, 26] == 100
+    assert (shifted(a, 0, 0) == a).all()
+
+
+def test_tta_averages_probabilities_over_the_nine_views():
+    seen = []
+
+    def logits_fn(x):  # a "model" whose logits say which view it saw (the row the first pixel landed in)
+        seen.append(x.shape[0])
+        out = np.zeros((x.shape[0], 10), np.float32)
+        out[np.arange(x.shape[0]), x.reshape(x.shape[0], -1).argmax(1) % 10] = 5.0
+        return out
+
+    images = np.zeros((3, 28, 28), np.uint8)
+    images[:, 10, 10] = 255
+    probs = np.exp(tta_logits(logits_fn, images))
+    assert seen == [3 * len(SHIFTS)]
+    np.testing.assert_allclose(probs.sum(1), 1.0, rtol=1e-5)
+    # Each view puts its mass on its own class, so the average spreads over several classes.
+    assert (probs.max(1) < 0.9).all()
+
+
+def test_eval_tta_reports_the_accuracy_of_the_averaged_probabilities(tiny_mnist):
+    from lenet_cli.backends import load_backend
+    from lenet_cli.weights import bundled_onnx_path
+
+    test = load_split(tiny_mnist, "test", allow_download=False)
+    expected = tta_logits(load_backend(bundled_onnx_path()).logits, test.images.numpy()).argmax(1)
+    result = CliRunner().invoke(app, ["eval", "--weights", str(bundled_onnx_path()), "--data-dir", str(tiny_mnist),
+                                      "--no-download", "--no-plots", "--json", "--tta"])
+    assert result.exit_code == 0, result.output
+    data = json.loads(result.stdout)
+    assert data["tta"] is True
+    assert data["correct"] == int((expected == test.labels.numpy()).sum())
+
+
+def test_predict_tta_changes_the_probabilities_not_the_rows(tmp_path, tiny_mnist):
+    from PIL import Image
+
+    test = load_split(tiny_mnist, "test", allow_download=False)
+    Image.fromarray(test.images[0].numpy()).save(tmp_path / "d.png")
+    runner = CliRunner()
+    plain = runner.invoke(app, ["predict", str(tmp_path / "d.png"), "--json"])
+    tta = runner.invoke(app, ["predict", str(tmp_path / "d.png"), "--json", "--tta"])
+    assert plain.exit_code == 0 and tta.exit_code == 0, tta.output
+    a, b = json.loads(plain.stdout), json.loads(tta.stdout)
+    rows_a, rows_b = a["results"], b["results"]
+    assert rows_a[0].keys() == rows_b[0].keys()
+    assert rows_a[0]["confidence"] != rows_b[0]["confidence"]
