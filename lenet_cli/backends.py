@@ -20,6 +20,7 @@ from lenet_cli.onnx_io import make_session, ort_message
 from lenet_cli.weights import load_model
 
 if TYPE_CHECKING:  # pragma: no cover
+    import onnxruntime
     import torch
 
 
@@ -67,8 +68,10 @@ class TorchBackend(Backend):
 class OnnxBackend(Backend):
     """onnxruntime session on an exported model (raw pixels in, logits out)."""
 
-    def __init__(self, path: Path, device: str | DeviceSpec = "cpu", threads: int | None = None) -> None:
-        self.session = make_session(Path(path), device, threads=threads)
+    def __init__(self, path: Path, device: str | DeviceSpec = "cpu", threads: int | None = None,
+                 session: "onnxruntime.InferenceSession | None" = None) -> None:
+        # `session`: one already made, e.g. on a model exported in memory (`lenet serve --weights x.safetensors`).
+        self.session = session if session is not None else make_session(Path(path), device, threads=threads)
         self.input_name = self.session.get_inputs()[0].name
         meta = dict(self.session.get_modelmeta().custom_metadata_map)
         parsed: dict[str, Any] = {}

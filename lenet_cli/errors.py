@@ -91,3 +91,7 @@ class ExportError(LenetError):
 
 class OutputError(LenetError):
     """A file or directory could not be written."""
+
+
+class ServeError(LenetError):
+    """`lenet serve` cannot listen on the address asked for (port in use, no such interface, ...)."""

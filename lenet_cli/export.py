@@ -95,3 +95,22 @@ def export_onnx(
         quant_rows[1] = dataclasses.replace(i8, bytes=proto.ByteSize())  # the size of the file as written
     atomic_write_bytes(Path(output), proto.SerializeToString())
     return Path(output), rows, meta, quant_rows
+
+
+def export_in_memory(weights: Path, opset: int = DEFAULT_OPSET, threads: int | None = None):
+    """A CPU onnxruntime session on a safetensors model exported in memory (nothing written), and its
+    metadata: the same export and checks as `export_onnx`, verified against PyTorch on seeded random
+    pixels (no MNIST needed: parity, not accuracy, is what is checked)."""
+    from lenet_cli.onnx_io import cpu_session
+
+    model, info = load_model(weights, "cpu")
+    proto = export_model_proto(model, opset)
+    meta = onnx_metadata(info, opset)
+    set_metadata(proto, meta)
+    images = np.random.default_rng(0).integers(0, 256, (64, 28, 28), dtype=np.uint8)
+    bad = next((r for r in verify(proto, model, images, batch_sizes=(1, 64)) if not r.passed), None)
+    if bad is not None:
+        raise ExportError(f"The in-memory ONNX export of {weights} differs from PyTorch at batch size {bad.batch_size} "
+                          f"(max probability difference {bad.max_abs_prob_diff:.2e}).",
+                          "Export it with `lenet export --onnx` to see the full check, and serve the .onnx file.")
+    return cpu_session(proto, threads), meta

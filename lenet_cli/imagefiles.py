@@ -24,9 +24,6 @@ class _UnsupportedMode(Exception):
 
 def load_gray(path: Path) -> tuple[np.ndarray, np.ndarray | None]:
     """Decode an image file into float32 grey levels in [0, 1] and, if it has one, an alpha map."""
-    from PIL import Image, ImageOps, UnidentifiedImageError
-
-    Image.MAX_IMAGE_PIXELS = MAX_PIXELS
     path = Path(path)
     if not path.exists():
         raise ImageError(f"{path}: file not found.", kind="not_found")
@@ -39,36 +36,58 @@ def load_gray(path: Path) -> tuple[np.ndarray, np.ndarray | None]:
         fh = open(path, "rb")  # noqa: SIM115 - closed below; opened here to tell "unreadable" apart
     except OSError as exc:
         raise ImageError(f"{path}: cannot read the file ({exc.strerror or exc}).", kind="unreadable") from exc
-    with fh, warnings.catch_warnings():
+    with fh:
+        if stat.S_ISREG(path.stat().st_mode) and path.stat().st_size == 0:  # a pipe reports 0 too
+            raise ImageError(f"{path}: the file is empty (0 bytes).", kind="empty")
+        return decode_gray(fh, str(path))
+
+
+def load_gray_bytes(data: bytes, where: str = "upload", max_pixels: int = MAX_PIXELS) -> tuple[np.ndarray, np.ndarray | None]:
+    """`load_gray` for an image held in memory (an HTTP upload): the same checks and error kinds."""
+    import io
+
+    if not data:
+        raise ImageError(f"{where}: the file is empty (0 bytes).", kind="empty")
+    return decode_gray(io.BytesIO(data), where, max_pixels)
+
+
+def decode_gray(fh, where: str, max_pixels: int = MAX_PIXELS) -> tuple[np.ndarray, np.ndarray | None]:
+    """Decode an open binary file into grey levels and alpha; ImageError (named after `where`) if it cannot be.
+
+    `max_pixels` is checked from the header, before any pixel is decoded, so a decompression
+    bomb is refused without the memory it asks for.
+    """
+    from PIL import Image, ImageOps, UnidentifiedImageError
+
+    Image.MAX_IMAGE_PIXELS = MAX_PIXELS
+    with warnings.catch_warnings():
         # Pillow warns about damaged metadata ("Corrupt EXIF data", "Tag data larger than file") on
         # stderr, over the one line the user gets; whether the pixels decode is what counts.
         warnings.simplefilter("ignore")
         # Pillow only warns between 1x and 2x its pixel limit; here that is an error too.
         warnings.simplefilter("error", Image.DecompressionBombWarning)
-        if stat.S_ISREG(path.stat().st_mode) and path.stat().st_size == 0:  # a pipe reports 0 too
-            raise ImageError(f"{path}: the file is empty (0 bytes).", kind="empty")
         try:
             with Image.open(fh) as img:
-                if img.width * img.height > MAX_PIXELS:
-                    raise ImageError(f"{path}: image is {img.width}x{img.height}, too large "
-                                     f"(limit {MAX_PIXELS:,} pixels).", kind="too_large")
+                if img.width * img.height > max_pixels:
+                    raise ImageError(f"{where}: image is {img.width}x{img.height}, too large "
+                                     f"(limit {max_pixels:,} pixels).", kind="too_large")
                 if img.width == 0 or img.height == 0:
-                    raise ImageError(f"{path}: the image has no pixels ({img.width}x{img.height}).", kind="empty")
+                    raise ImageError(f"{where}: the image has no pixels ({img.width}x{img.height}).", kind="empty")
                 img.seek(0)  # first frame of an animated GIF/WebP/TIFF
                 img.load()
                 return _to_gray(_upright(img, ImageOps))
         except ImageError:
             raise
         except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
-            raise ImageError(f"{path}: image is too large ({exc}).", kind="too_large") from exc
+            raise ImageError(f"{where}: image is too large ({exc}).", kind="too_large") from exc
         except _UnsupportedMode as exc:
-            raise ImageError(f"{path}: unsupported pixel format {exc}.", kind="not_image") from exc
+            raise ImageError(f"{where}: unsupported pixel format {exc}.", kind="not_image") from exc
         except UnidentifiedImageError as exc:
-            raise ImageError(f"{path}: not an image (Pillow cannot identify its format).", kind="not_image") from exc
+            raise ImageError(f"{where}: not an image (Pillow cannot identify its format).", kind="not_image") from exc
         except (OSError, SyntaxError, ValueError, EOFError, MemoryError) as exc:
             # Truncated downloads and damaged files end up here ("image file is truncated", ...).
             detail = first_line(exc)
-            raise ImageError(f"{path}: damaged or truncated image ({detail}).", kind="corrupt") from exc
+            raise ImageError(f"{where}: damaged or truncated image ({detail}).", kind="corrupt") from exc
 
 
 def _upright(img, image_ops):

@@ -31,7 +31,7 @@ from pathlib import Path
 import numpy as np
 
 from lenet_cli.errors import ImageError
-from lenet_cli.imagefiles import load_gray
+from lenet_cli.imagefiles import MAX_PIXELS, load_gray, load_gray_bytes
 
 MNIST_SIZE = 28
 MNIST_BOX = 20  # MNIST digits are fitted into 20x20 ...
@@ -277,3 +277,11 @@ def prepare_file(path: Path, invert: bool | None = None) -> Prepared:
         raise ImageError(f"{path}: {exc.message}", kind=exc.kind) from None
 
 
+def prepare_bytes(data: bytes, invert: bool | None = None, where: str = "upload",
+                  max_pixels: int = MAX_PIXELS) -> Prepared:
+    """Decode and preprocess an image held in memory (`lenet serve`'s uploads), as `prepare_file` does a file."""
+    gray, alpha = load_gray_bytes(data, where, max_pixels)
+    try:
+        return to_mnist(gray, alpha, invert)
+    except ImageError as exc:
+        raise ImageError(f"{where}: {exc.message}", kind=exc.kind) from None

@@ -20,7 +20,7 @@ from lenet_cli.devices import DeviceSpec
 from lenet_cli.errors import ImageError, OutputError, first_line
 from lenet_cli.evaluate import softmax
 from lenet_cli.fileio import atomic_write_with, ensure_dir
-from lenet_cli.images import prepare_file
+from lenet_cli.images import Prepared, prepare_file
 from lenet_cli.weights import bundled_onnx_path, resolve_weights_path
 
 
@@ -76,10 +76,7 @@ def iter_predictions(
             return
         probs = softmax(logits_fn(np.stack([px for _, px in pending])))
         for (row, _), pr in zip(pending, probs):
-            order = np.argsort(-pr, kind="stable")[: cfg.top_k]
-            row["prediction"] = int(order[0])
-            row["confidence"] = float(pr[order[0]])
-            row["top_k"] = [{"class": int(c), "probability": float(pr[c])} for c in order]
+            score_row(row, pr, cfg.top_k)
         pending.clear()
 
     for path in paths:
@@ -95,21 +92,48 @@ def iter_predictions(
     yield from window
 
 
+def score_row(row: dict[str, Any], probs: np.ndarray, top_k: int) -> None:
+    """Fill a row's prediction, confidence and top-k from one image's probabilities (10,)."""
+    order = np.argsort(-probs, kind="stable")[:top_k]
+    row["prediction"] = int(order[0])
+    row["confidence"] = float(probs[order[0]])
+    row["top_k"] = [{"class": int(c), "probability": float(probs[c])} for c in order]
+
+
+def prepare_row(row: dict[str, Any], prepare: Callable[[], Prepared], name: str) -> Prepared | None:
+    """Run `prepare` (decode and preprocess one image) into `row`: what preprocessing decided, or
+    the error and its kind (messages lose their `name: ` prefix: the row already names the image)."""
+    try:
+        prepared = prepare()
+    except ImageError as exc:
+        row["error"] = exc.message.removeprefix(f"{name}: ")
+        row["error_kind"] = exc.kind
+        return None
+    except Exception as exc:  # noqa: BLE001 - one odd image must never cost the user the other rows
+        row["error"] = f"cannot process this image ({type(exc).__name__}: {first_line(exc)})"
+        row["error_kind"] = "corrupt"
+        return None
+    row["inverted"] = prepared.inverted
+    row["passthrough"] = prepared.passthrough
+    return prepared
+
+
+def predict_one(prepare: Callable[[], Prepared], name: str,
+                logits_fn: Callable[[np.ndarray], np.ndarray], top_k: int = 3) -> tuple[dict[str, Any], Prepared | None]:
+    """One image's row (as in `iter_predictions`, without `file`) and its 28x28 pixels (None on error)."""
+    row: dict[str, Any] = {}
+    prepared = prepare_row(row, prepare, name)
+    if prepared is not None:
+        score_row(row, softmax(logits_fn(prepared.pixels[None]))[0], top_k)
+    return row, prepared
+
+
 def _prepared_row(path: Path, cfg: PredictConfig, used_names: set[str],
                   pending: list[tuple[dict[str, Any], np.ndarray]]) -> dict[str, Any]:
     """A file's row: its error, or what preprocessing decided (its pixels join `pending`)."""
     row: dict[str, Any] = {"file": str(path)}
-    try:
-        prepared = prepare_file(path, cfg.invert)
-    except ImageError as exc:
-        row["error"] = exc.message.removeprefix(f"{path}: ")  # the row already names the file
-        row["error_kind"] = exc.kind
-    except Exception as exc:  # noqa: BLE001 - one odd file must never cost the user the other rows
-        row["error"] = f"cannot process this image ({type(exc).__name__}: {first_line(exc)})"
-        row["error_kind"] = "corrupt"
-    else:
-        row["inverted"] = prepared.inverted
-        row["passthrough"] = prepared.passthrough
+    prepared = prepare_row(row, lambda: prepare_file(path, cfg.invert), str(path))
+    if prepared is not None:
         if cfg.preview_dir is not None:
             row["preview"] = str(save_preview(prepared.pixels, cfg.preview_dir / _preview_name(path, used_names)))
         pending.append((row, prepared.pixels))

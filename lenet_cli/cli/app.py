@@ -1,6 +1,6 @@
 """The `lenet` app: its commands, and the one place that turns an exception into a message and an exit code.
 
-Each command module (train, evaluate, predict, export, bench) holds its options, one call
+Each command module (train, evaluate, predict, export, bench, serve) holds its options, one call
 into `lenet_cli.api` and its rendering. Errors are not handled there: `exit_code_for` maps
 every exception to one line on stderr and an exit code (the traceback only with --debug),
 both for errors inside a command and for Typer's own usage errors (see `main`).
@@ -17,7 +17,7 @@ from typing import Annotated, Any
 import typer
 
 from lenet_cli import __version__
-from lenet_cli.cli import bench, evaluate, export, predict, train
+from lenet_cli.cli import bench, evaluate, export, predict, serve, train
 from lenet_cli.cli.console import err, error
 from lenet_cli.errors import EXIT_FAILURE, EXIT_INTERRUPTED, LenetError, first_line
 
@@ -128,6 +128,7 @@ app.command(name="eval", epilog=evaluate.EPILOG)(_handled(evaluate.eval_))
 app.command(epilog=predict.EPILOG)(_handled(predict.predict))
 app.command(epilog=export.EPILOG)(_handled(export.export))
 app.command(epilog=bench.EPILOG)(_handled(bench.bench))
+app.command(epilog=serve.EPILOG)(_handled(serve.serve))
 
 
 def main() -> None:
