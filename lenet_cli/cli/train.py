@@ -88,6 +88,10 @@ def train(
                                allow_download=not no_download, resume=resume, exist_ok=exist_ok)
     with RichEvents() as events:
         report = api.train(request, events)
+    if report.quiet:  # a process of a torchrun launch other than rank 0: rank 0 reports for all
+        if report.result.interrupted:
+            raise typer.Exit(EXIT_INTERRUPTED)
+        return
     if json_out:  # the notice first, then the data (as the stopped run prints it in a terminal)
         _say_how_to_continue(report)
         print_json(report.to_dict())
