@@ -80,6 +80,10 @@ def train(
     a stopped run keeps the epoch with the best validation accuracy. The 10,000
     test images are only used for the final report. Also writes last.safetensors,
     history.csv, history.json and curves.png.
+
+    Under torchrun (torchrun --standalone --nproc-per-node N -m lenet_cli train ...)
+    the processes train in DistributedDataParallel, --batch-size being the global
+    batch; rank 0 alone prints and writes (README: "Several processes").
     """
     cfg = TrainConfig(preset=arch, epochs=epochs, batch_size=batch_size, lr=lr, weight_decay=weight_decay,
                       optimizer=optimizer, label_smoothing=label_smoothing, augment=augment, val_size=val_size,
