@@ -203,15 +203,14 @@ class _Run:
             seen += y.shape[0]
             done += idx.shape[0]  # images of the global batch: every process's share
             last = step == self.steps - 1
-            self.agree_on_stop(stop)
             if step % PROGRESS_EVERY == 0 or last or stop.requested:
                 self._check_finite(losses, checked, step + 1, epoch)
                 checked = step + 1
                 elapsed = time.perf_counter() - start
                 events.on_step(epoch, step + 1, self.steps, loss.item(), done / max(elapsed, 1e-9))
             # A stop asked for during this step (a signal, or by on_step itself) ends the epoch here; the
-            # losses up to this step were checked just above.
-            if stop.requested and not last:
+            # losses up to this step were checked just above. Under torchrun, in every process at once.
+            if self.stop_agreed(stop) and not last:
                 stopped_at = step + 1
                 break
         totals = [loss_sum.item(), float(correct.item()), float(seen)]
@@ -233,14 +232,19 @@ class _Run:
         loss, logits = train_step(self.step_net, self.opt, self.sched, x[lo:hi], y, self.step_cfg, self.gen)
         return loss, logits, y
 
-    def agree_on_stop(self, stop: StopSignal) -> None:
-        """Under torchrun, a stop asked for in any process becomes a stop in every process (one all-reduce).
+    def stop_agreed(self, stop: StopSignal) -> bool:
+        """Whether to stop now: `stop.requested`; under torchrun, whether any process asked (one all-reduce).
 
         torchrun forwards a signal to every process, but they receive it at different steps; each
         process would otherwise stop at its own step and wait forever in the others' next collective.
+        Every process calls this at the same points, and all get the same answer.
         """
-        if self.dist.active and any_rank(stop.requested, self.device) and not stop.requested:
-            stop.request()
+        if not self.dist.active:
+            return stop.requested
+        if any_rank(stop.requested, self.device):
+            stop.request()  # no-op where it was asked for; elsewhere the same request (and its notice)
+            return True
+        return False
 
     def _check_finite(self, losses: "torch.Tensor", start: int, stop: int, epoch: int) -> None:
         """DivergedError naming the first step in [start, stop) whose loss was NaN or infinite."""
@@ -360,8 +364,7 @@ def train(
         events.on_epoch_end(run.end_epoch(epoch, sums))
         if on_checkpoint is not None:
             on_checkpoint(run.snapshot(epoch, 0))
-        run.agree_on_stop(stop)  # a signal during validation: every process ends here, none starts the next epoch
-        if stop.requested:
+        if run.stop_agreed(stop):  # a signal during validation: every process ends here or none does
             interrupted = epoch < cfg.epochs
             break
     if not run.history and stopped_in is None:
