@@ -89,6 +89,10 @@ class ExportError(LenetError):
     """ONNX export or its verification failed."""
 
 
+class DistributedError(LenetError):
+    """A process of a torchrun launch lost the others (one failed, was stopped, or hung past the timeout)."""
+
+
 class OutputError(LenetError):
     """A file or directory could not be written."""
 

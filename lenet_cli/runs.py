@@ -49,9 +49,9 @@ def checkpoint_path(path: Path) -> Path:
     return path / CHECKPOINT_NAME if path.is_dir() else path
 
 
-def resume_command(checkpoint: Path, data_dir: Path | None, device: str) -> str:
-    """The exact command that continues a stopped run."""
-    parts = ["lenet", "train", "--resume", str(checkpoint)]
+def resume_command(checkpoint: Path, data_dir: Path | None, device: str, launcher: list[str] | None = None) -> str:
+    """The exact command that continues a stopped run (`launcher`: the torchrun words before `train`)."""
+    parts = [*(launcher or ["lenet"]), "train", "--resume", str(checkpoint)]
     if data_dir is not None:
         parts += ["--data-dir", str(data_dir)]
     if device != "auto":
@@ -81,13 +81,17 @@ def save_run(
     out_dir: Path,
     test_metrics: dict[str, Any] | None = None,
     device: str = "auto",
+    launch: dict[str, Any] | None = None,
 ) -> dict[str, Path]:
     """Write best/last weights, history (CSV and JSON) and curves (PNG) into out_dir, all atomically.
 
-    `device` is the one asked for (`--device`); the one used is in `result.device`.
+    `device` is the one asked for (`--device`); the one used is in `result.device`. `launch`, for a
+    run trained under torchrun, is its world size and backend, recorded beside them.
     """
     ensure_dir(out_dir)
     training = cfg.to_dict(device) | {"best_epoch": result.best_epoch, "device_used": result.device}
+    if launch:
+        training |= launch
     paths: dict[str, Path] = {}
     for name, state in (("best", result.best_state), ("last", result.last_state)):
         if not state:  # resumed mid-epoch and stopped again: the earlier session wrote this file

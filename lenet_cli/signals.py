@@ -11,8 +11,9 @@ from collections.abc import Callable, Iterator
 class StopSignal:
     """A request to stop after the current step, set by Ctrl-C or SIGTERM (see `catch_signals`) or by a caller."""
 
-    def __init__(self) -> None:
+    def __init__(self, repeat_aborts: bool = True) -> None:
         self.requested = False
+        self.repeat_aborts = repeat_aborts  # False: a second signal is the same request (see catch_signals)
         self.on_request: list[Callable[[], None]] = []
 
     def request(self) -> None:
@@ -24,7 +25,8 @@ class StopSignal:
 
     @contextlib.contextmanager
     def catch_signals(self) -> Iterator["StopSignal"]:
-        """While active, the first Ctrl-C (SIGINT) or SIGTERM requests a stop; a second one aborts at once.
+        """While active, the first Ctrl-C (SIGINT) or SIGTERM requests a stop; a second one aborts at once
+        (unless `repeat_aborts` is False: under torchrun, which passes its own signal on to every process).
 
         Stopping between steps (not wherever the signal lands) is what makes the saved
         checkpoint consistent: the optimizer and the schedule have both stepped. SIGTERM is
@@ -35,7 +37,7 @@ class StopSignal:
             return
 
         def handler(signum, frame):  # noqa: ARG001 - signal handler signature
-            if self.requested:
+            if self.requested and self.repeat_aborts:
                 raise KeyboardInterrupt
             self.request()
 

@@ -5,20 +5,36 @@ runs `recipe.train_step` on it. Shuffling draws from a CPU generator seeded by -
 the order of examples does not depend on the device. After every epoch (and when a stop is
 requested mid-epoch) the run's complete state goes to `on_checkpoint`; `resume` continues
 from such a state to exactly the weights of an uninterrupted run (on the CPU).
+
+Under torchrun (`dist` active) the same loop runs in every process on its slice of each global
+batch, in DistributedDataParallel (distributed.py says how the work is split); only rank 0
+validates, and stops are agreed on every step so that all processes stop at the same one.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from lenet_cli.devices import describe_device
+from lenet_cli.distributed import (
+    SINGLE,
+    DistContext,
+    ShardWeight,
+    any_rank,
+    check_shardable,
+    shard,
+    sum_over_ranks,
+    wrap_ddp,
+)
 from lenet_cli.errors import DivergedError, UsageError
 from lenet_cli.evaluate import summarize, torch_logits
 from lenet_cli.events import Events
 from lenet_cli.recipe import (
+    augment_batch,
     build_ema,
     build_optimizer,
     build_schedule,
@@ -74,7 +90,7 @@ class _Run:
     """One training run's moving parts: model, optimizer, schedule, generator, data and bookkeeping."""
 
     def __init__(self, cfg: TrainConfig, model_cfg: Any, train_split: "MnistSplit", val_split: "MnistSplit",
-                 device: "torch.device", resume: TrainState | None) -> None:
+                 device: "torch.device", resume: TrainState | None, dist: DistContext = SINGLE) -> None:
         import torch
 
         from lenet_cli.kernels import speed_up
@@ -86,7 +102,7 @@ class _Run:
         if device.type == "cuda":
             torch.backends.cudnn.benchmark = False
             torch.backends.cudnn.deterministic = True
-        self.cfg, self.device, self.resume = cfg, device, resume
+        self.cfg, self.device, self.resume, self.dist = cfg, device, resume, dist
         self.model = build_model(model_cfg).to(device)
         self.net = speed_up(self.model, device)  # what the steps call: same parameters as self.model
         # The whole data set goes to the device once: no DataLoader, no per-sample Python.
@@ -101,6 +117,13 @@ class _Run:
         self.ema = build_ema(self.model, cfg)
         self.result_model = self.model if self.ema is None else self.ema.module
         self.gen = torch.Generator().manual_seed(cfg.seed)  # CPU generator: device-independent shuffling
+        self.step_net, self.step_cfg = self.net, cfg
+        if dist.active:
+            check_shardable(self.n, self.bs, dist.world_size)
+            self.weight = ShardWeight(1.0 / dist.world_size)
+            self.step_net = wrap_ddp(self.net, device, self.weight)
+            # _shard_step augments the global batch itself (see there); train_step must not do it again.
+            self.step_cfg = dataclasses.replace(cfg, augment=False)
         self.history: list[EpochRecord] = []
         self.best_score, self.best_epoch = -1.0, 0
         self.best_state: dict[str, torch.Tensor] = {}
@@ -135,7 +158,8 @@ class _Run:
             rng_cuda=torch.cuda.get_rng_state(self.device) if self.device.type == "cuda" else None,
             history=list(self.history), best_epoch=self.best_epoch, best_score=self.best_score,
             best_state=self.best_state, perm=None if perm is None else perm.to("cpu"), sums=sums,
-            train_seconds=self.seconds(), extra={"train_size": self.n, "steps_per_epoch": self.steps},
+            train_seconds=self.seconds(),
+            extra={"train_size": self.n, "steps_per_epoch": self.steps, "world_size": self.dist.world_size},
             model_config=self.model.cfg, ema=None if self.ema is None else cpu_state(self.ema),
         )
 
@@ -149,6 +173,8 @@ class _Run:
         r = self.resume
         if epoch == self.start_epoch and self.start_step > 0 and r is not None and r.perm is not None:
             sums = r.sums.tolist() if r.sums is not None else [0.0, 0.0, 0.0, 0.0]
+            if not self.dist.is_main:  # the saved sums are the global ones: counted once, by rank 0
+                sums = [0.0, 0.0, 0.0, sums[3]]
             return r.perm.to(self.device), self.start_step, sums
         return torch.randperm(self.n, generator=self.gen).to(self.device), 0, [0.0, 0.0, 0.0, 0.0]
 
@@ -156,39 +182,75 @@ class _Run:
         """Train one epoch. Returns the step it stopped after (None: it ran to its end) and its sums."""
         import torch
 
-        self.net.train()
+        self.step_net.train()
         events.on_epoch_start(epoch, self.steps)
         perm, first, sums = self.epoch_start(epoch)
         self.perm = perm  # saved with a mid-epoch checkpoint
         loss_sum = torch.full((), sums[0], device=self.device, dtype=self.acc_dtype)
         correct = torch.full((), int(sums[1]), device=self.device, dtype=torch.long)
-        seen, carried, start = int(sums[2]), float(sums[3]), time.perf_counter()
+        seen, carried, start, done = int(sums[2]), float(sums[3]), time.perf_counter(), 0
         # Every step's loss, kept on the device: divergence is checked where the loop reads the device
         # anyway (progress, a stop, the epoch's end), and this says at which step it began.
         losses = torch.zeros(self.steps, device=self.device, dtype=torch.float32)
         checked, stopped_at = first, None
         for step in range(first, self.steps):
             idx = perm[step * self.bs : (step + 1) * self.bs]
-            y = self.y_train[idx]
-            loss, logits = train_step(self.net, self.opt, self.sched, self.x_train[idx], y, self.cfg, self.gen,
-                                      self.ema)
+            if self.dist.active:
+                loss, logits, y = self._shard_step(idx)
+            else:
+                y = self.y_train[idx]
+                loss, logits = train_step(self.net, self.opt, self.sched, self.x_train[idx], y, self.cfg, self.gen,
+                                          self.ema)
             # Accumulate on the device; a .item() per step would synchronise the GPU every step.
             losses[step] = loss
             loss_sum += loss.to(self.acc_dtype) * y.shape[0]
             correct += (logits.argmax(1) == y).sum()
             seen += y.shape[0]
+            done += idx.shape[0]  # images of the global batch: every process's share
             last = step == self.steps - 1
             if step % PROGRESS_EVERY == 0 or last or stop.requested:
                 self._check_finite(losses, checked, step + 1, epoch)
                 checked = step + 1
                 elapsed = time.perf_counter() - start
-                events.on_step(epoch, step + 1, self.steps, loss.item(), (seen - first * self.bs) / max(elapsed, 1e-9))
+                events.on_step(epoch, step + 1, self.steps, loss.item(), done / max(elapsed, 1e-9))
             # A stop asked for during this step (a signal, or by on_step itself) ends the epoch here; the
-            # losses up to this step were checked just above.
-            if stop.requested and not last:
+            # losses up to this step were checked just above. Under torchrun, in every process at once.
+            if self.stop_agreed(stop) and not last:
                 stopped_at = step + 1
                 break
-        return stopped_at, [loss_sum.item(), float(correct.item()), float(seen), carried + time.perf_counter() - start]
+        totals = [loss_sum.item(), float(correct.item()), float(seen)]
+        if self.dist.active:
+            totals = sum_over_ranks(totals, self.device)
+        return stopped_at, [*totals, carried + time.perf_counter() - start]
+
+    def _shard_step(self, idx: "torch.Tensor") -> tuple["torch.Tensor", "torch.Tensor", "torch.Tensor"]:
+        """This process's train_step on its slice of the global batch `idx`; also returns the slice's labels."""
+        lo, hi = shard(idx.shape[0], self.dist.rank, self.dist.world_size)
+        x = self.x_train[idx]
+        if self.cfg.augment:
+            # Augmentation is drawn for the whole global batch, then sliced: every process's generator
+            # draws what a single process draws (the next shuffle agrees everywhere), and each image gets
+            # the warp it gets in a single-process run of the same seed, whatever the number of processes.
+            x = augment_batch(x.unsqueeze(1).float(), self.cfg, self.gen).squeeze(1)
+        self.weight.value = (hi - lo) / idx.shape[0]
+        y = self.y_train[idx[lo:hi]]
+        loss, logits = train_step(self.step_net, self.opt, self.sched, x[lo:hi], y, self.step_cfg, self.gen,
+                                  self.ema)
+        return loss, logits, y
+
+    def stop_agreed(self, stop: StopSignal) -> bool:
+        """Whether to stop now: `stop.requested`; under torchrun, whether any process asked (one all-reduce).
+
+        torchrun forwards a signal to every process, but they receive it at different steps; each
+        process would otherwise stop at its own step and wait forever in the others' next collective.
+        Every process calls this at the same points, and all get the same answer.
+        """
+        if not self.dist.active:
+            return stop.requested
+        if any_rank(stop.requested, self.device):
+            stop.request()  # no-op where it was asked for; elsewhere the same request (and its notice)
+            return True
+        return False
 
     def _check_finite(self, losses: "torch.Tensor", start: int, stop: int, epoch: int) -> None:
         """DivergedError naming the first step in [start, stop) whose loss was NaN or infinite."""
@@ -224,7 +286,10 @@ class _Run:
         from lenet_cli.kernels import speed_up
 
         net = self.net if self.ema is None else speed_up(self.result_model, self.device)
-        val = summarize(torch_logits(net, self.x_val), self.y_val) if self.x_val.shape[0] else None
+        # Under torchrun rank 0 alone validates (the others wait at the next collective): its figures are
+        # those of the weights it saves, computed as in a single process.
+        val = (summarize(torch_logits(net, self.x_val), self.y_val)
+               if self.x_val.shape[0] and self.dist.is_main else None)
         loss_sum, correct, seen, seconds = sums
         record = EpochRecord(
             epoch=epoch, train_loss=loss_sum / max(seen, 1), train_acc=correct / max(seen, 1),
@@ -259,12 +324,14 @@ def train(
     resume: TrainState | None = None,
     stop: StopSignal | None = None,
     on_checkpoint: Checkpointer | None = None,
+    dist: DistContext = SINGLE,
 ) -> TrainResult:
     """Train a LeNet-5 preset and return its history and best/last states.
 
     `stop.requested` ends the run at the end of the current step (`interrupted=True`).
     A bare KeyboardInterrupt (no StopSignal handler installed) stops at once and
-    returns the completed epochs.
+    returns the completed epochs. Under torchrun (`dist`), every process calls this with the same
+    arguments; pass `on_checkpoint` on rank 0 only.
     """
     from lenet_cli.model import count_parameters, preset_config
 
@@ -278,7 +345,7 @@ def train(
         model_cfg = resume.model_config  # the model the run started with
     if len(train_split) == 0:
         raise UsageError("The training set is empty.")
-    run = _Run(cfg, model_cfg, train_split, val_split, device, resume)
+    run = _Run(cfg, model_cfg, train_split, val_split, device, resume, dist)
     events.on_start({"preset": cfg.preset, "epochs": cfg.epochs, "device": describe_device(device),
                      "param_count": count_parameters(run.model), "train_size": run.n,
                      "val_size": int(run.x_val.shape[0]), "steps_per_epoch": run.steps, "history": list(run.history),
@@ -307,7 +374,7 @@ def train(
         events.on_epoch_end(run.end_epoch(epoch, sums))
         if on_checkpoint is not None:
             on_checkpoint(run.snapshot(epoch, 0))
-        if stop.requested:
+        if run.stop_agreed(stop):  # a signal during validation: every process ends here or none does
             interrupted = epoch < cfg.epochs
             break
     if not run.history and stopped_in is None:

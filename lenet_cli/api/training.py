@@ -1,11 +1,15 @@
-"""`lenet train`: load MNIST, train (or resume), save the run folder, score best.safetensors on the test set."""
+"""`lenet train`: load MNIST, train (or resume), save the run folder, score best.safetensors on the test set.
+
+Under torchrun every process runs `train`: they join one process group, rank 0 picks, locks and
+writes the run folder and reports; the others train their share quietly (distributed.py).
+"""
 
 from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from lenet_cli.checkpoint import load_checkpoint, save_checkpoint
 from lenet_cli.data import MnistSplit, load_split, resolve_data_dir, train_val_split
@@ -16,6 +20,18 @@ from lenet_cli.devices import (
     parse_device,
     resolve_device,
 )
+from lenet_cli.distributed import (
+    SINGLE,
+    DistContext,
+    barrier,
+    detect,
+    from_main,
+    is_peer_failure,
+    peer_failure,
+    process_group,
+    rank_device,
+    relaunch_prefix,
+)
 from lenet_cli.errors import DivergedError, OutputError, UsageError
 from lenet_cli.evaluate import EvalResult, metrics_from_logits, torch_logits
 from lenet_cli.events import Events
@@ -24,6 +40,9 @@ from lenet_cli.records import TrainConfig, TrainResult, TrainState
 from lenet_cli.runs import checkpoint_path, new_run_dir, resume_command, run_files, run_lock, save_run
 from lenet_cli.signals import StopSignal
 from lenet_cli.train import train as train_loop
+
+if TYPE_CHECKING:  # pragma: no cover
+    import torch
 
 
 @dataclass(frozen=True)
@@ -49,8 +68,14 @@ class TrainReport:
     checkpoint: Path
     resume_command: str
     result: TrainResult
-    test: EvalResult | None = None  # None when stopped inside the first epoch
+    test: EvalResult | None = None  # None when stopped inside the first epoch (and on ranks other than 0)
     files: dict[str, Path] = field(default_factory=dict)
+    dist: DistContext = SINGLE  # the torchrun launch this process was part of
+
+    @property
+    def quiet(self) -> bool:
+        """True on the processes of a torchrun launch that leave reporting to rank 0."""
+        return not self.dist.is_main
 
     def to_dict(self) -> dict[str, Any]:
         """The JSON of `lenet train --json`."""
@@ -136,7 +161,15 @@ def train(request: TrainRequest, events: Events | None = None) -> TrainReport:
     if request.config.preset not in PRESETS:
         raise UsageError(f"Unknown --arch {request.config.preset!r}.", f"Choose one of: {', '.join(PRESETS)}.")
     default = checkpoint_path(request.resume).parent if request.resume is not None else None
-    out_dir = new_run_dir("train", request.output_dir or default)
+    ctx = detect()
+    if ctx.active:
+        return _train_distributed(request, ctx, events, request.output_dir or default)
+    return _train_main(new_run_dir("train", request.output_dir or default), request, events, SINGLE, None)
+
+
+def _train_main(out_dir: Path, request: TrainRequest, events: Events, ctx: DistContext,
+                device: "torch.device | None") -> TrainReport:
+    """The process that owns the run folder (the only one, or rank 0): lock it, check it, train into it."""
     created = not out_dir.exists()
     ensure_dir(out_dir)  # fail on an unwritable output dir before spending minutes training
     try:
@@ -145,22 +178,55 @@ def train(request: TrainRequest, events: Events | None = None) -> TrainReport:
             cfg, spec, state = request.config, request.device, None
             if request.resume is not None:
                 cfg, spec, state = resolve_resume(request)
-            return _train_in(out_dir, request, cfg, spec, state, events)
+            return _train_in(out_dir, request, cfg, spec, state, events, ctx, device)
     except BaseException:
         if created and not any(out_dir.iterdir()):
             out_dir.rmdir()  # a run that failed before writing anything leaves no empty folder behind
         raise
 
 
+def _train_distributed(request: TrainRequest, ctx: DistContext, events: Events, output_dir: Path | None
+                       ) -> TrainReport:
+    """One process of a torchrun launch: join the others, train its share; rank 0 does what a single run does.
+
+    An error of this process goes up as it is (its own message); a collective that fails because
+    another process failed or hung becomes one DistributedError (exit 1), never a wait without end.
+    """
+    spec = request.device
+    if request.resume is not None and spec.is_auto:
+        spec = parse_device(load_checkpoint(checkpoint_path(request.resume)).device)
+    device = rank_device(ctx, spec)
+    with process_group(ctx, device) as ctx:
+        try:
+            # Rank 0 alone picks the folder (runs/train-<time> would differ between processes by a second).
+            out_dir = Path(from_main(str(new_run_dir("train", output_dir)) if ctx.is_main else None))
+            if ctx.is_main:
+                report = _train_main(out_dir, request, events, ctx, device)
+            else:
+                cfg, spec, state = request.config, request.device, None
+                if request.resume is not None:
+                    cfg, spec, state = resolve_resume(request)
+                report = _train_in(out_dir, request, cfg, spec, state, Events(), ctx, device)
+            barrier()  # the others end once rank 0 has written the run folder
+        except Exception as exc:
+            if is_peer_failure(exc):
+                raise peer_failure(exc, ctx) from exc
+            raise
+    return report
+
+
 def _train_in(out_dir: Path, request: TrainRequest, cfg: TrainConfig, spec: DeviceSpec, state: TrainState | None,
-              events: Events) -> TrainReport:
+              events: Events, ctx: DistContext = SINGLE, device: "torch.device | None" = None) -> TrainReport:
     from lenet_cli.kernels import speed_up  # kernels.py imports torch
 
-    device = resolve_device(spec)
+    device = device if device is not None else resolve_device(spec)
     train_split, val_split, test = _load_training_data(request, cfg, events)
     checkpoint = checkpoint_path(out_dir)
-    again = resume_command(checkpoint, request.data_dir, str(spec))
-    stop = StopSignal()
+    launcher = relaunch_prefix(ctx)
+    again = resume_command(checkpoint, request.data_dir, str(spec), launcher)
+    # Under torchrun a second signal is not a second Ctrl-C: torchrun passes on the one it got (a terminal's
+    # Ctrl-C reaches each process twice), and gives up on the processes by itself after its grace period.
+    stop = StopSignal(repeat_aborts=not ctx.active)
     stop.on_request.append(lambda: events.warn("Stopping at the end of this step to save a checkpoint "
                                                "(press Ctrl-C again to quit at once)."))
     # The newest checkpoint on disk: the one resumed from until this run writes its own.
@@ -175,24 +241,25 @@ def _train_in(out_dir: Path, request: TrainRequest, cfg: TrainConfig, spec: Devi
     with stop.catch_signals():
         try:
             result = train_loop(cfg, train_split, val_split, device, events, resume=state, stop=stop,
-                                on_checkpoint=keep)
+                                on_checkpoint=keep if ctx.is_main else None, dist=ctx)
         except KeyboardInterrupt:
             if saved["checkpoint"]:
                 events.warn(f"Aborted. The last checkpoint is {saved['checkpoint']}; continue with:")
-                events.note(f"  {resume_command(saved['checkpoint'], request.data_dir, str(spec))}")
+                events.note(f"  {resume_command(saved['checkpoint'], request.data_dir, str(spec), launcher)}")
             raise
         except DivergedError as exc:
             kept = f" The last checkpoint before it is kept: {saved['checkpoint']}." if saved["checkpoint"] else ""
             hint = f"{exc.hint}{kept} A new run needs another --output-dir, or --exist-ok."
             raise DivergedError(exc.message, hint, epoch=exc.epoch, step=exc.step) from exc
-        report = TrainReport(cfg, spec, describe_device(device), checkpoint, again, result)
-        if not result.history:  # stopped inside the first epoch: only the checkpoint exists
+        report = TrainReport(cfg, spec, describe_device(device), checkpoint, again, result, dist=ctx)
+        if not result.history or not ctx.is_main:  # stopped inside the first epoch: only the checkpoint exists
             return report
         model = result.model
         model.load_state_dict({k: v.to(device) for k, v in result.best_state.items()})
         net = speed_up(model, device)  # the CPU paths where they apply, as for validation
         report.test = metrics_from_logits(torch_logits(net, test.images.to(device)), test.labels)
         test_metrics = {"test_accuracy": report.test.accuracy, "test_loss": report.test.loss}
-        report.files = save_run(result, cfg, out_dir, test_metrics, device=str(spec))
+        report.files = save_run(result, cfg, out_dir, test_metrics, device=str(spec),
+                                launch=ctx.describe() if ctx.active else None)
         report.files["checkpoint"] = checkpoint
     return report

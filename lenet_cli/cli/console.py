@@ -17,6 +17,7 @@ from rich.console import Console, Group
 from rich.markup import escape
 from rich.table import Table
 
+from lenet_cli.distributed import process_label
 from lenet_cli.evaluate import pct
 from lenet_cli.events import Events
 from lenet_cli.records import EpochRecord
@@ -38,8 +39,8 @@ def print_json(data: Any) -> None:
 
 
 def error(message: str) -> None:
-    """One clear line on stderr."""
-    err.print(f"[bold red]Error:[/] {escape(message)}", soft_wrap=True)  # a file name may hold "[...]"
+    """One clear line on stderr; under torchrun it names the process it comes from (each reports its own)."""
+    err.print(f"[bold red]Error{escape(process_label())}:[/] {escape(message)}", soft_wrap=True)  # a file name may hold "[...]"
 
 
 def warn(message: str) -> None:

@@ -89,6 +89,10 @@ def train(
     a stopped run keeps the epoch with the best validation accuracy. The 10,000
     test images are only used for the final report. Also writes last.safetensors,
     history.csv, history.json and curves.png.
+
+    Under torchrun (torchrun --standalone --nproc-per-node N -m lenet_cli train ...)
+    the processes train in DistributedDataParallel, --batch-size being the global
+    batch; rank 0 alone prints and writes (README: "Several processes").
     """
     # Unset options (None) take the recipe's default for this many epochs.
     cfg = TrainConfig.for_budget(epochs, preset=arch, batch_size=batch_size, lr=lr, weight_decay=weight_decay,
@@ -98,6 +102,10 @@ def train(
                                allow_download=not no_download, resume=resume, exist_ok=exist_ok)
     with RichEvents() as events:
         report = api.train(request, events)
+    if report.quiet:  # a process of a torchrun launch other than rank 0: rank 0 reports for all
+        if report.result.interrupted:
+            raise typer.Exit(EXIT_INTERRUPTED)
+        return
     if json_out:  # the notice first, then the data (as the stopped run prints it in a terminal)
         _say_how_to_continue(report)
         print_json(report.to_dict())
