@@ -73,7 +73,33 @@ def augment_batch(x: "torch.Tensor", cfg: TrainConfig, gen: "torch.Generator") -
     ys = ((torch.arange(h, device=x.device, dtype=x.dtype) * 2 + 1) / h - 1).view(h, 1)
     gx = m[:, 0] * xs + m[:, 1] * ys + m[:, 2]
     gy = m[:, 3] * xs + m[:, 4] * ys + m[:, 5]
+    if cfg.elastic > 0:
+        dx, dy = elastic_field(b, h, w, cfg.elastic, gen).to(x.device, x.dtype).unbind(1)
+        gx, gy = gx + dx * (2.0 / w), gy + dy * (2.0 / h)  # pixels -> normalised coordinates
     return F.grid_sample(x, torch.stack([gx, gy], -1), mode="bilinear", padding_mode="zeros", align_corners=False)
+
+
+ELASTIC_SIGMA = 4.0  # pixels: the smoothing of Simard et al. (2003), "Best practices for CNNs applied to visual document analysis"
+
+
+def elastic_field(b: int, h: int, w: int, alpha: float, gen: "torch.Generator") -> "torch.Tensor":
+    """Simard et al.'s elastic distortion: a random displacement field (B, 2, H, W) in pixels.
+
+    Uniform noise in [-1, 1] per pixel and axis, smoothed by a Gaussian of ELASTIC_SIGMA pixels
+    (normalised to sum 1), times `alpha`. Drawn on the CPU from `gen`, like the affine parameters.
+    """
+    import torch
+    import torch.nn.functional as F
+
+    radius = int(2 * ELASTIC_SIGMA)
+    t = torch.arange(-radius, radius + 1, dtype=torch.float32)
+    k = torch.exp(-(t**2) / (2 * ELASTIC_SIGMA**2))
+    k = k / k.sum()
+    noise = (torch.rand(b * 2, 1, h, w, generator=gen) * 2 - 1)
+    # Separable Gaussian: rows, then columns; zero padding, as outside the image there is no noise.
+    noise = F.conv2d(noise, k.view(1, 1, 1, -1), padding=(0, radius))
+    noise = F.conv2d(noise, k.view(1, 1, -1, 1), padding=(radius, 0))
+    return (alpha * noise).view(b, 2, h, w)
 
 
 def build_optimizer(model: "torch.nn.Module", cfg: TrainConfig, device: "torch.device") -> "torch.optim.Optimizer":

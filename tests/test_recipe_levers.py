@@ -148,3 +148,31 @@ def test_predict_tta_changes_the_probabilities_not_the_rows(tmp_path, tiny_mnist
     rows_a, rows_b = a["results"], b["results"]
     assert rows_a[0].keys() == rows_b[0].keys()
     assert rows_a[0]["confidence"] != rows_b[0]["confidence"]
+
+
+def test_elastic_distortion_is_seeded_smooth_and_off_by_default():
+    from lenet_cli.recipe import augment_batch, elastic_field
+
+    x = torch.rand(8, 1, 28, 28) * 255
+    a = augment_batch(x, TrainConfig(elastic=34.0), torch.Generator().manual_seed(1))
+    b = augment_batch(x, TrainConfig(elastic=34.0), torch.Generator().manual_seed(1))
+    plain = augment_batch(x, TrainConfig(), torch.Generator().manual_seed(1))
+    assert torch.equal(a, b) and not torch.equal(a, plain)
+    field = elastic_field(4, 28, 28, 34.0, torch.Generator().manual_seed(0))
+    assert field.shape == (4, 2, 28, 28)
+    # Smoothed: neighbouring displacements are close, far ones are not tied.
+    step = (field[..., 1:] - field[..., :-1]).abs().mean()
+    assert step < 0.2 * field.abs().mean()
+
+
+def test_train_cli_passes_the_levers(monkeypatch):
+    from lenet_cli import api
+
+    seen = []
+    monkeypatch.setattr(api, "train", lambda request, events=None: seen.append(request) or (_ for _ in ()).throw(SystemExit(0)))
+    CliRunner().invoke(app, ["train", "--epochs", "1", "--ema", "0.99", "--elastic", "20"])
+    (request,) = seen
+    cfg = request.config
+    assert (cfg.ema_decay, cfg.elastic) == (0.99, 20.0)
+    assert (cfg.batch_size, cfg.lr, cfg.label_smoothing) == (SHORT_RUN["batch_size"], SHORT_RUN["lr"],
+                                                              SHORT_RUN["label_smoothing"])
