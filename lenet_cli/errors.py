@@ -91,3 +91,7 @@ class ExportError(LenetError):
 
 class OutputError(LenetError):
     """A file or directory could not be written."""
+
+
+class BenchError(LenetError):
+    """A measurement of `lenet bench` failed in its own process (an error, a crash or a timeout)."""
