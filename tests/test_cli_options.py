@@ -172,5 +172,5 @@ def test_bench_repeats_help_names_the_api_defaults():
     from lenet_cli.api import benchmarking
 
     result = run("bench", "--help")
-    assert f"[default: {benchmarking.REPEATS}; {benchmarking.QUICK_REPEATS} with --quick]" in " ".join(
+    assert f"(default {benchmarking.REPEATS}; {benchmarking.QUICK_REPEATS} with --quick)" in " ".join(
         result.output.split())

@@ -47,7 +47,7 @@ def bench(
     seconds: Annotated[float, typer.Option(help="Timing budget per backend, batch size and repeat.", min=0.0)] = 1.0,
     repeats: Annotated[Optional[int], typer.Option(
         # The defaults are api.benchmarking's REPEATS and QUICK_REPEATS (not imported: `lenet --help` stays light).
-        help="Fresh processes per measurement; tables show min / median / max. [default: 3; 1 with --quick]",
+        help="Fresh processes per measurement; tables show min / median / max (default 3; 1 with --quick).",
         min=1, show_default=False)] = None,
     quick: Annotated[bool, typer.Option("--quick", help="A fast look: small budget, no torch.compile, 5% of an "
                                         "epoch (scaled), no 1-epoch training run.")] = False,
