@@ -204,7 +204,13 @@ def run_process(cmd: list[str], stdin: str, timeout: float) -> tuple[int, str, s
 
 
 def _last_json(text: str) -> dict[str, Any] | None:
-    """The last line of `text` that is a JSON object, or None."""
+    """`text` as one JSON object (`lenet train --json` indents it), else its last line that is one, or None."""
+    try:
+        whole = json.loads(text)
+        if isinstance(whole, dict):
+            return whole
+    except ValueError:
+        pass
     for line in reversed(text.strip().splitlines()):
         try:
             value = json.loads(line)
@@ -251,8 +257,10 @@ def time_to_accuracy(device: str, data_dir: str, timeout: float) -> dict[str, An
         status, out, err, pid = run_process(cmd, "", timeout)
         wall = time.perf_counter() - t0
     answer = _last_json(out)
-    if status != 0 or answer is None or answer.get("test_accuracy") is None:
+    if status != 0:
         raise BenchError(_failure(status, err, pid))
+    if answer is None or answer.get("test_accuracy") is None:
+        raise BenchError(f"`lenet train --epochs 1` gave no test accuracy in its JSON report (pid {pid}).")
     accuracy = float(answer["test_accuracy"])
     return {"command": "lenet train --epochs 1", "epochs": 1, "seed": answer["config"]["seed"],
             "batch_size": answer["config"]["batch_size"], "target": ACCURACY_TARGET,
