@@ -99,3 +99,7 @@ class OutputError(LenetError):
 
 class ServeError(LenetError):
     """`lenet serve` cannot listen on the address asked for (port in use, no such interface, ...)."""
+
+
+class BenchError(LenetError):
+    """A measurement of `lenet bench` failed in its own process (an error, a crash or a timeout)."""

@@ -1,4 +1,4 @@
-"""Timing loops shared by `lenet bench` and the int8 comparison of `lenet export`."""
+"""Timing loops and summaries shared by `lenet bench` and the int8 comparison of `lenet export`."""
 
 from __future__ import annotations
 
@@ -38,3 +38,11 @@ def time_steps(step: Callable[[], Any], steps: int, sync: Callable[[], None], wa
         step()
     sync()
     return time.perf_counter() - t0
+
+
+def spread(values: list[float]) -> dict[str, float]:
+    """min, median and max of repeated measurements: how far apart the repeats were, not just one figure."""
+    ordered = sorted(values)
+    n = len(ordered)
+    median = ordered[n // 2] if n % 2 else (ordered[n // 2 - 1] + ordered[n // 2]) / 2
+    return {"min": ordered[0], "median": median, "max": ordered[-1]}

@@ -5,14 +5,15 @@ docs/tutorial_baseline.py runs the same model on the real MNIST for whole epochs
 
 from __future__ import annotations
 
+import time
 from typing import TYPE_CHECKING
 
-from lenet_cli.timing import time_steps
-
 if TYPE_CHECKING:  # pragma: no cover
+    import numpy as np
     import torch
 
 TUTORIAL_BATCH = 64
+MNIST_MEAN, MNIST_STD = 0.1307, 0.3081  # the constants every tutorial's Normalize() uses
 
 
 def tutorial_lenet() -> "torch.nn.Module":
@@ -26,12 +27,16 @@ def tutorial_lenet() -> "torch.nn.Module":
     )
 
 
-def time_tutorial_steps(device: "torch.device", steps: int) -> float:
-    """Seconds for `steps` steps of the pipeline LeNet tutorials use, on random MNIST-shaped images.
+def time_tutorial_epoch(device: "torch.device", images: "np.ndarray", labels: "np.ndarray",
+                        warmup: int = 5) -> tuple[float, int]:
+    """Seconds for one whole epoch of the tutorial pipeline over `images` (N, 28, 28) uint8, and its steps.
 
-    A dataset that, like torchvision's `datasets.MNIST`, turns each uint8 image into a
-    PIL image and runs `ToTensor()` and `Normalize()` on it; a shuffling DataLoader at
-    batch 64 in the main process; a plain LeNet-5 with Adam; each batch moved to the device.
+    A dataset that, like torchvision's `datasets.MNIST`, turns each uint8 image into a PIL
+    image and runs `ToTensor()` and `Normalize()` on it; a shuffling DataLoader at batch 64
+    in the main process (the tutorials' default: no workers); a plain LeNet-5 with Adam; each
+    batch moved to the device. `warmup` untimed steps run first, from a loader of their own,
+    so the epoch is timed as every epoch after a run's first one; the clock then runs from
+    the epoch's `iter(loader)` to its last optimizer step.
     """
     import torch
     from PIL import Image
@@ -39,31 +44,35 @@ def time_tutorial_steps(device: "torch.device", steps: int) -> float:
     from torch.utils.data import DataLoader, Dataset
     from torchvision import transforms
 
-    tf = transforms.Compose([transforms.ToTensor(), transforms.Normalize((0.1307,), (0.3081,))])
-    gen = torch.Generator().manual_seed(0)
-    n = TUTORIAL_BATCH * (steps + 5)
-    images = torch.randint(0, 256, (n, 28, 28), dtype=torch.uint8, generator=gen).numpy()
-    labels = torch.randint(0, 10, (n,), generator=gen)
+    tf = transforms.Compose([transforms.ToTensor(), transforms.Normalize((MNIST_MEAN,), (MNIST_STD,))])
 
     class TutorialMnist(Dataset):
         def __len__(self) -> int:
-            return n
+            return len(images)
 
         def __getitem__(self, i: int):
             return tf(Image.fromarray(images[i], mode="L")), int(labels[i])
 
+    gen = torch.Generator().manual_seed(0)
     model = tutorial_lenet().to(device)
     opt = torch.optim.Adam(model.parameters(), lr=1e-3)
     loss_fn = nn.CrossEntropyLoss()
     loader = DataLoader(TutorialMnist(), batch_size=TUTORIAL_BATCH, shuffle=True, generator=gen)
     sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
-    batches = iter(loader)
 
-    def step() -> None:
-        x, y = next(batches)
+    def step(x: "torch.Tensor", y: "torch.Tensor") -> None:
         x, y = x.to(device), y.to(device)
         opt.zero_grad()
         loss_fn(model(x), y).backward()
         opt.step()
 
-    return time_steps(step, steps, sync)
+    for _, (x, y) in zip(range(warmup), loader):
+        step(x, y)
+    sync()
+    steps = 0
+    t0 = time.perf_counter()
+    for x, y in loader:
+        step(x, y)
+        steps += 1
+    sync()
+    return time.perf_counter() - t0, steps

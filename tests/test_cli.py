@@ -13,6 +13,7 @@ from typer.testing import CliRunner
 
 from lenet_cli import __version__
 from lenet_cli.cli.app import app
+from lenet_cli.records import TrainConfig
 
 runner = CliRunner()
 
@@ -240,21 +241,33 @@ def test_bench_quick_json(tmp_path):
     for r in payload["inference"]:
         assert r["p50_us"] > 0 and r["images_per_s"] > 0 and r["p50_us"] <= r["p99_us"]
     # The documented fields (README, "lenet bench"): present, typed, and consistent with each other.
-    assert {"peak_gflops", "macs_per_image", "training_speedup_vs_tutorial", "skipped", "config"} <= set(payload)
-    assert payload["peak_gflops"]["cpu"] > 0
+    assert {"peak_gflops", "macs_per_image", "epoch_images", "training_speedup_vs_tutorial",
+            "training_speedup_vs_tutorial_min", "training_speedup_vs_tutorial_max", "time_to_accuracy", "skipped",
+            "config"} <= set(payload)
+    assert payload["peak_gflops"]["cpu"] > 0 and payload["epoch_images"] == 55_000
+    assert payload["config"]["repeats"] == 1 and payload["config"]["quick"] is True
     for r in payload["inference"]:
         assert {"backend", "device", "batch_size", "p50_us", "p90_us", "p99_us", "images_per_s", "runs", "gflops",
-                "fraction_of_peak"} <= set(r)
-        assert r["runs"] >= 5
+                "fraction_of_peak", "repeats", "p50_us_min", "p50_us_max", "images_per_s_min", "images_per_s_max",
+                "pids"} <= set(r)
+        assert r["runs"] >= 5 and r["repeats"] == 1 and len(r["pids"]) == 1
+        assert r["p50_us_min"] == r["p50_us"] == r["p50_us_max"]  # one repeat: no spread
         assert r["images_per_s"] == pytest.approx(r["batch_size"] / (r["p50_us"] / 1e6))
         assert r["gflops"] == pytest.approx(r["images_per_s"] * 2 * payload["macs_per_image"] / 1e9)
     pipelines = {t["pipeline"]: t for t in payload["training"]}
     assert set(pipelines) == {"lenet", "tutorial"}
     assert pipelines["tutorial"]["batch_size"] == 64
+    assert pipelines["lenet"]["batch_size"] == TrainConfig().batch_size
     for t in pipelines.values():
+        assert {"seconds_per_epoch_min", "seconds_per_epoch_max", "images_per_s_min", "images_per_s_max", "images",
+                "epoch_fraction", "data", "repeats", "pids", "steps"} <= set(t)
         assert t["images_per_s"] > 0 and t["seconds_per_epoch"] == pytest.approx(55_000 / t["images_per_s"])
+        # --quick times 5% of an epoch and says so: the scaled figure is 20x the time measured.
+        assert t["images"] == 2_750 and t["epoch_fraction"] == pytest.approx(0.05) and t["data"] == "synthetic"
+        assert t["steps"] == -(-2_750 // t["batch_size"])
     assert payload["training_speedup_vs_tutorial"] == pytest.approx(
         pipelines["lenet"]["images_per_s"] / pipelines["tutorial"]["images_per_s"])
+    assert payload["time_to_accuracy"] is None and "--quick" in payload["skipped"]["time_to_accuracy"]
     assert payload["environment"]["torch"] and payload["environment"]["onnxruntime"]
     assert json.loads(out.read_text())["inference"]
 

@@ -136,11 +136,13 @@ def test_export_needs_a_format_and_passes_its_options(recorded, tmp_path):
 def test_bench_options(recorded, tmp_path):
     assert run("bench").exit_code == 0
     result = run("bench", "--batch-sizes", "1, 8", "--backends", "torch,onnxruntime", "--seconds", "0.5", "--quick",
-                 "--output", str(tmp_path / "b.json"), "--train-batch-size", "64", "--no-tutorial")
+                 "--output", str(tmp_path / "b.json"), "--train-batch-size", "64", "--no-tutorial", "--repeats", "5",
+                 "--data-dir", str(tmp_path / "mnist"), "--no-accuracy", "--worker-timeout", "30")
     assert result.exit_code == 0, result.output
     assert recorded == [api.BenchRequest(), api.BenchRequest(
         batch_sizes=(1, 8), backends=("torch", "onnxruntime"), seconds=0.5, quick=True, output=tmp_path / "b.json",
-        train_batch_size=64, tutorial=False)]
+        train_batch_size=64, tutorial=False, repeats=5, data_dir=tmp_path / "mnist", accuracy=False,
+        worker_timeout=30.0)]
 
 
 @pytest.mark.parametrize("sizes", ["", "a,b", "0,1"])
@@ -154,5 +156,21 @@ def test_bench_request_checks_backends_and_budget():
         bench_config(api.BenchRequest(backends=("torch", "tensorrt")))
     with pytest.raises(UsageError, match="--seconds"):
         bench_config(api.BenchRequest(seconds=601))
+    with pytest.raises(UsageError, match="--repeats"):
+        bench_config(api.BenchRequest(repeats=0))
+    with pytest.raises(UsageError, match="--worker-timeout"):
+        bench_config(api.BenchRequest(worker_timeout=0))
     quick = bench_config(api.BenchRequest(quick=True))
     assert "torch-compile" not in quick.backends and quick.min_seconds <= 0.2
+    assert quick.repeats == 1 and quick.epoch_fraction < 1
+    full = bench_config(api.BenchRequest())
+    assert full.repeats == 3 and full.epoch_fraction == 1 and full.train_batch_size is None
+    assert bench_config(api.BenchRequest(quick=True, repeats=2)).repeats == 2
+
+
+def test_bench_repeats_help_names_the_api_defaults():
+    from lenet_cli.api import benchmarking
+
+    result = run("bench", "--help")
+    assert f"(default {benchmarking.REPEATS}; {benchmarking.QUICK_REPEATS} with --quick)" in " ".join(
+        result.output.split())

@@ -1,4 +1,4 @@
-"""`lenet bench`: every backend and the training step, measured on this machine."""
+"""`lenet bench`: every backend and training, measured on this machine, each in a fresh process."""
 
 from __future__ import annotations
 
@@ -8,30 +8,36 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from lenet_cli.bench import BenchConfig, run_bench
+from lenet_cli.bench import ACCURACY_TARGET, BenchConfig, run_bench
+from lenet_cli.data import ensure_mnist, missing_files, resolve_data_dir
 from lenet_cli.devices import AUTO, DeviceSpec, resolve_device
 from lenet_cli.errors import UsageError
 from lenet_cli.events import Events
 from lenet_cli.fileio import atomic_write_text, ensure_dir
-from lenet_cli.records import TrainConfig
 from lenet_cli.weights import resolve_weights_path
 
 BENCH_BACKENDS = ("torch", "torch-compile", "onnxruntime")
+REPEATS, QUICK_REPEATS = 3, 1
+QUICK_EPOCH_FRACTION = 0.05  # --quick times 5% of an epoch (2,750 images) and scales it
 
 
 @dataclass(frozen=True)
 class BenchRequest:
-    """`lenet bench`: what to measure, for how long, and where the JSON goes."""
+    """`lenet bench`: what to measure, for how long, how often, and where the JSON goes."""
 
     weights: Path | None = None
     device: DeviceSpec = AUTO
     batch_sizes: tuple[int, ...] = (1, 64, 1024)
     backends: tuple[str, ...] = BENCH_BACKENDS
     seconds: float = 1.0
-    quick: bool = False  # a fast look: small budget, no torch.compile
+    quick: bool = False  # a fast look: small budget, no torch.compile, a fraction of an epoch, no 1-epoch run
     output: Path | None = None
     train_batch_size: int | None = None  # None: lenet train's
     tutorial: bool = True
+    repeats: int | None = None  # None: REPEATS (QUICK_REPEATS with quick)
+    data_dir: Path | None = None  # None: the default MNIST folder, where it holds MNIST
+    accuracy: bool = True  # the 1-epoch time-to-accuracy run (never with quick)
+    worker_timeout: float = 600.0
 
 
 @dataclass
@@ -46,7 +52,18 @@ class BenchReport:
         return self.data | ({"output": str(self.output)} if self.output is not None else {})
 
 
-def bench_config(request: BenchRequest) -> BenchConfig:
+def _mnist_dir(request: BenchRequest) -> Path | None:
+    """The MNIST folder the training rows and the 1-epoch run use, or None for random images.
+
+    A --data-dir given must hold MNIST (bench never downloads); the default folder is used where it does.
+    """
+    if request.data_dir is not None:
+        return ensure_mnist(resolve_data_dir(request.data_dir), allow_download=False)
+    default = resolve_data_dir(None)
+    return default if default.is_dir() and not missing_files(default) else None
+
+
+def bench_config(request: BenchRequest, data_dir: Path | None = None) -> BenchConfig:
     """The measurement plan for a request; UsageError for settings that cannot work."""
     backends, seconds = request.backends, request.seconds
     if not backends:
@@ -57,24 +74,45 @@ def bench_config(request: BenchRequest) -> BenchConfig:
     if unknown:
         raise UsageError(f"Unknown backend(s): {', '.join(sorted(unknown))}.",
                          f"Choose from: {', '.join(sorted(BENCH_BACKENDS))}.")
+    if request.repeats is not None and not 1 <= request.repeats <= 100:
+        raise UsageError(f"--repeats must be between 1 and 100, got {request.repeats}.")
+    if not (math.isfinite(request.worker_timeout) and request.worker_timeout > 0):
+        raise UsageError(f"--worker-timeout must be a positive number of seconds, got {request.worker_timeout}.")
     if request.quick:
         backends = tuple(b for b in backends if b != "torch-compile")
         seconds = min(seconds, 0.2)
+    repeats = request.repeats or (QUICK_REPEATS if request.quick else REPEATS)
     return BenchConfig(batch_sizes=request.batch_sizes, backends=backends, min_seconds=seconds,
-                       warmup=3 if request.quick else 10, train_steps=5 if request.quick else 40,
-                       train_batch_size=request.train_batch_size or TrainConfig().batch_size,
-                       tutorial=request.tutorial, tutorial_steps=5 if request.quick else 60)
+                       warmup=3 if request.quick else 10, repeats=repeats,
+                       train_batch_size=request.train_batch_size,
+                       epoch_fraction=QUICK_EPOCH_FRACTION if request.quick else 1.0,
+                       tutorial=request.tutorial, accuracy=request.accuracy,
+                       data_dir=str(data_dir) if data_dir is not None else None,
+                       worker_timeout=request.worker_timeout)
+
+
+def _accuracy_skip(request: BenchRequest, data_dir: Path | None) -> str | None:
+    """Why the 1-epoch run is not made, or None when it is."""
+    if request.quick:
+        return "not with --quick (it trains a whole epoch)."
+    if data_dir is None:
+        return (f"no MNIST in {resolve_data_dir(None)}; pass --data-dir with the four MNIST files "
+                f"to time `lenet train --epochs 1` to {ACCURACY_TARGET:.1%} (bench never downloads).")
+    return None
 
 
 def bench(request: BenchRequest, events: Events | None = None) -> BenchReport:
-    """Measure every backend and the training step on this machine; optionally save the JSON report."""
+    """Measure every backend and training on this machine, each in a fresh process; optionally save the JSON."""
     events = events or Events()
-    cfg = bench_config(request)
+    bench_config(request)  # usage errors before anything is read
+    data_dir = _mnist_dir(request)
+    cfg = bench_config(request, data_dir)
     path = resolve_weights_path(request.weights)
     if request.output is not None:
         ensure_dir(request.output.parent)  # an unwritable --output fails before the measurements, not after
     device = resolve_device(request.device)
-    data = run_bench(path, cfg, device, progress=lambda label, done, total: events.progress(f"Benchmarking {label}", done, total))
+    data = run_bench(path, cfg, device, accuracy_skip=_accuracy_skip(request, data_dir),
+                     progress=lambda label, done, total: events.progress(f"Benchmarking {label}", done, total))
     config = data["config"]  # in the order the report has always had
     data["config"] = ({"batch_sizes": config.pop("batch_sizes"), "device": str(request.device)} | config
                       | {"quick": request.quick})
