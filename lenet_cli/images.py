@@ -123,13 +123,21 @@ def _residual_from_lighting(gray: np.ndarray) -> tuple[np.ndarray, float]:
     or a broad shadow across a photo of paper without knowing yet whether the ink is
     dark or bright. Lighting is smooth, so the fit runs on a 64-pixel copy (cheap); the
     residual is taken at 256 pixels, where a thin stroke is still visible.
+
+    The first fit uses only the pixels close to the border's level, which is the paper's
+    (people leave a margin). Starting from all pixels let the ink drag the surface where
+    it covers much of the image (a small scan of thick strokes): the "lighting" then
+    followed the strokes, the background map kept their middles, and they came out
+    hollow, a thick 1 read as a 0.
     """
     tiny = _small_copy(gray, 64)
     basis = _quadratic_basis(*tiny.shape)
     values = tiny.ravel().astype(np.float64)
-    keep = np.ones(values.size, dtype=bool)
+    edge = _border(tiny)  # (2h + 2w,) grey levels: mostly paper, even when the ink touches the edge
     coef = np.zeros(basis.shape[1])
-    coef[0] = float(_median(values))
+    coef[0] = float(_median(edge))
+    spread = 1.4826 * float(_median(np.abs(edge - coef[0]))) + 1e-3
+    keep = np.abs(values - coef[0]) < max(3 * spread, 0.1)
     for _ in range(4):
         if keep.sum() < basis.shape[1] * 4:
             break
