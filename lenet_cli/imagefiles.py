@@ -5,16 +5,23 @@ Only Pillow and numpy: `lenet predict` must not import torch.
 
 from __future__ import annotations
 
+import io
 import stat
+import sys
 import warnings
 from pathlib import Path
+from typing import BinaryIO
 
 import numpy as np
 
+from lenet_cli import __version__
 from lenet_cli.errors import ImageError, first_line
 from lenet_cli.fileio import not_a_file
 
 MAX_PIXELS = 50_000_000  # refuse absurdly large images (decompression bombs)
+MAX_DOWNLOAD_BYTES = 20 * 1024 * 1024  # a URL or stdin: more than any photo of a digit needs
+URL_TIMEOUT_S = 10.0  # seconds to connect, and between two reads of the body
+STDIN = "-"  # `lenet predict -`: one image from stdin
 SUPPORTED = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp")
 
 
@@ -24,9 +31,6 @@ class _UnsupportedMode(Exception):
 
 def load_gray(path: Path) -> tuple[np.ndarray, np.ndarray | None]:
     """Decode an image file into float32 grey levels in [0, 1] and, if it has one, an alpha map."""
-    from PIL import Image, ImageOps, UnidentifiedImageError
-
-    Image.MAX_IMAGE_PIXELS = MAX_PIXELS
     path = Path(path)
     if not path.exists():
         raise ImageError(f"{path}: file not found.", kind="not_found")
@@ -39,36 +43,132 @@ def load_gray(path: Path) -> tuple[np.ndarray, np.ndarray | None]:
         fh = open(path, "rb")  # noqa: SIM115 - closed below; opened here to tell "unreadable" apart
     except OSError as exc:
         raise ImageError(f"{path}: cannot read the file ({exc.strerror or exc}).", kind="unreadable") from exc
-    with fh, warnings.catch_warnings():
+    with fh:
+        if stat.S_ISREG(path.stat().st_mode) and path.stat().st_size == 0:  # a pipe reports 0 too
+            raise ImageError(f"{path}: the file is empty (0 bytes).", kind="empty")
+        return _decode(fh, str(path))
+
+
+def load_gray_bytes(data: bytes, name: str) -> tuple[np.ndarray, np.ndarray | None]:
+    """Decode an image held in memory (stdin, a download) exactly as `load_gray` decodes a file.
+
+    `name` only labels the errors ("-" for stdin, the URL).
+    """
+    if not data:
+        raise ImageError(f"{name}: no data (0 bytes).", kind="empty")
+    return _decode(io.BytesIO(data), name)
+
+
+def _decode(fh: BinaryIO, name: str) -> tuple[np.ndarray, np.ndarray | None]:
+    """The checks every image goes through, whatever it came from: size limit, first frame, pixel format."""
+    from PIL import Image, ImageOps, UnidentifiedImageError
+
+    Image.MAX_IMAGE_PIXELS = MAX_PIXELS
+    with warnings.catch_warnings():
         # Pillow warns about damaged metadata ("Corrupt EXIF data", "Tag data larger than file") on
         # stderr, over the one line the user gets; whether the pixels decode is what counts.
         warnings.simplefilter("ignore")
         # Pillow only warns between 1x and 2x its pixel limit; here that is an error too.
         warnings.simplefilter("error", Image.DecompressionBombWarning)
-        if stat.S_ISREG(path.stat().st_mode) and path.stat().st_size == 0:  # a pipe reports 0 too
-            raise ImageError(f"{path}: the file is empty (0 bytes).", kind="empty")
         try:
             with Image.open(fh) as img:
                 if img.width * img.height > MAX_PIXELS:
-                    raise ImageError(f"{path}: image is {img.width}x{img.height}, too large "
+                    raise ImageError(f"{name}: image is {img.width}x{img.height}, too large "
                                      f"(limit {MAX_PIXELS:,} pixels).", kind="too_large")
                 if img.width == 0 or img.height == 0:
-                    raise ImageError(f"{path}: the image has no pixels ({img.width}x{img.height}).", kind="empty")
+                    raise ImageError(f"{name}: the image has no pixels ({img.width}x{img.height}).", kind="empty")
                 img.seek(0)  # first frame of an animated GIF/WebP/TIFF
                 img.load()
                 return _to_gray(_upright(img, ImageOps))
         except ImageError:
             raise
         except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
-            raise ImageError(f"{path}: image is too large ({exc}).", kind="too_large") from exc
+            raise ImageError(f"{name}: image is too large ({exc}).", kind="too_large") from exc
         except _UnsupportedMode as exc:
-            raise ImageError(f"{path}: unsupported pixel format {exc}.", kind="not_image") from exc
+            raise ImageError(f"{name}: unsupported pixel format {exc}.", kind="not_image") from exc
         except UnidentifiedImageError as exc:
-            raise ImageError(f"{path}: not an image (Pillow cannot identify its format).", kind="not_image") from exc
+            raise ImageError(f"{name}: not an image (Pillow cannot identify its format).", kind="not_image") from exc
         except (OSError, SyntaxError, ValueError, EOFError, MemoryError) as exc:
             # Truncated downloads and damaged files end up here ("image file is truncated", ...).
             detail = first_line(exc)
-            raise ImageError(f"{path}: damaged or truncated image ({detail}).", kind="corrupt") from exc
+            raise ImageError(f"{name}: damaged or truncated image ({detail}).", kind="corrupt") from exc
+
+
+def is_url(item: str) -> bool:
+    """An http:// or https:// address (other schemes are taken as file names, and not found)."""
+    return item.lower().startswith(("http://", "https://"))
+
+
+def fetch_url(url: str, max_bytes: int | None = None, timeout: float | None = None) -> tuple[bytes, str]:
+    """The body of an HTTP(S) GET (at most `max_bytes`) and its content type; a failure is an ImageError.
+
+    The stdlib's urllib, so the URL path costs no import beyond it (and never torch).
+    `timeout` bounds the connection and each read, not the whole download. Both default to
+    the module's MAX_DOWNLOAD_BYTES and URL_TIMEOUT_S, read at call time.
+    """
+    max_bytes = MAX_DOWNLOAD_BYTES if max_bytes is None else max_bytes
+    timeout = URL_TIMEOUT_S if timeout is None else timeout
+    import socket
+    import urllib.error
+    import urllib.request
+
+    request = urllib.request.Request(url, headers={"User-Agent": f"lenet/{__version__}"})
+    try:
+        with urllib.request.urlopen(request, timeout=timeout) as response:  # noqa: S310 - http(s) only, see is_url
+            length = response.headers.get("Content-Length")
+            if length is not None and length.isdigit() and int(length) > max_bytes:
+                raise ImageError(f"{url}: the server sends {int(length):,} bytes, over the limit of "
+                                 f"{max_bytes:,}.", kind="too_large")
+            data = response.read(max_bytes + 1)  # one byte more tells "exactly the limit" from "over it"
+            kind = response.headers.get_content_type()
+    except ImageError:
+        raise
+    except urllib.error.HTTPError as exc:
+        what = "not_found" if exc.code in (404, 410) else "http_error"
+        raise ImageError(f"{url}: the server answered HTTP {exc.code} {exc.reason}.", kind=what) from None
+    except (TimeoutError, socket.timeout) as exc:
+        raise ImageError(f"{url}: no answer within {timeout:g} s.", kind="timeout") from exc
+    except urllib.error.URLError as exc:
+        if isinstance(exc.reason, (TimeoutError, socket.timeout)):
+            raise ImageError(f"{url}: no answer within {timeout:g} s.", kind="timeout") from exc
+        reason = getattr(exc.reason, "strerror", None) or exc.reason
+        raise ImageError(f"{url}: cannot connect ({reason}).", kind="unreachable") from exc
+    except (OSError, ValueError) as exc:  # a dropped connection mid-body, a malformed address
+        raise ImageError(f"{url}: download failed ({first_line(exc)}).", kind="unreachable") from exc
+    if len(data) > max_bytes:
+        raise ImageError(f"{url}: over the download limit of {max_bytes:,} bytes.", kind="too_large")
+    return data, kind
+
+
+def read_stdin(max_bytes: int | None = None) -> bytes:
+    """One image piped to `lenet predict -`, at most `max_bytes` (default MAX_DOWNLOAD_BYTES)."""
+    max_bytes = MAX_DOWNLOAD_BYTES if max_bytes is None else max_bytes
+    stream = sys.stdin.buffer if sys.stdin is not None else None
+    if stream is None or stream.isatty():
+        raise ImageError("-: stdin is a terminal, not an image. Pipe one in: cat digit.png | lenet predict -",
+                         kind="empty")
+    data = stream.read(max_bytes + 1)
+    if len(data) > max_bytes:
+        raise ImageError(f"-: more than the limit of {max_bytes:,} bytes on stdin.", kind="too_large")
+    return data
+
+
+def load_source(source: Path | str) -> tuple[np.ndarray, np.ndarray | None]:
+    """Grey levels and alpha of one input: an image file, an http(s) URL, or "-" for stdin."""
+    if isinstance(source, str) and source == STDIN:
+        data = read_stdin()
+        if not data:
+            raise ImageError("-: nothing came on stdin (0 bytes).", kind="empty")
+        return load_gray_bytes(data, STDIN)
+    if isinstance(source, str) and is_url(source):
+        data, content_type = fetch_url(source)
+        try:
+            return load_gray_bytes(data, source)
+        except ImageError as exc:
+            if exc.kind == "not_image" and not content_type.startswith("image/"):  # usually an HTML page
+                raise ImageError(f"{source}: not an image (the server sent {content_type}).", kind="not_image") from None
+            raise
+    return load_gray(Path(source))
 
 
 def _upright(img, image_ops):
@@ -120,15 +220,19 @@ def _to_gray(img) -> tuple[np.ndarray, np.ndarray | None]:
     return gray, alpha
 
 
-def expand_inputs(items: list[str]) -> list[Path]:
+def expand_inputs(items: list[str]) -> list[Path | str]:
     """Files, directories (their images, sorted) and glob patterns -> a list of paths.
 
     A name that matches nothing is kept, so it is reported as 'file not found' in its row.
+    URLs and "-" (stdin) stay strings: `load_source` reads them.
     """
     import glob
 
-    paths: list[Path] = []
+    paths: list[Path | str] = []
     for item in items:
+        if item == STDIN or is_url(item):
+            paths.append(item)
+            continue
         p = Path(item).expanduser()
         if p.is_dir():
             try:
