@@ -202,8 +202,17 @@ def main() -> None:
     parser.add_argument("--usps", type=Path, default=Path(os.environ.get("LENET_USPS_DIR", DEFAULT_USPS)),
                         help="the usps-train folder (<label>/*.png); default $LENET_USPS_DIR or %(default)s")
     parser.add_argument("--no-figure", action="store_true", help="do not write docs/preprocessing.png")
+    parser.add_argument("--figure-only", action="store_true", help="only write docs/preprocessing.png")
     args = parser.parse_args()
     model = OnnxBackend(bundled_onnx_path(), "cpu")
+    if not args.figure_only:
+        tables(args, model)
+    if not args.no_figure:
+        write_figure(args, model)
+
+
+def tables(args, model) -> None:
+    """Every accuracy and notes table, set by set."""
     evaluate("Drawn digits (tests/handwriting.py, seed 0)", drawn_items(handwriting.generate(n_per_class=30, seed=0)),
              model)
     mnist_dir = os.environ.get("LENET_TEST_MNIST_DIR")
@@ -221,8 +230,10 @@ def main() -> None:
     not_digit_report(model)
     if mnist_dir:
         mnist_checks(Path(mnist_dir), model)
-    if args.no_figure:
-        return
+
+
+def write_figure(args, model) -> None:
+    """docs/preprocessing.png: the six drawn styles, formerly hollow USPS scans, a speck."""
     rng = np.random.default_rng(3)
     columns = [(s.style, *_to_gray(s.image), s.label) for s in
                (handwriting.render(label, style, rng) for label, style in
