@@ -4,6 +4,7 @@ Exit codes (documented in the README):
     0  success
     1  a failure the user can fix (missing file, bad weights, no device, ...)
     2  a usage error (bad option value); Typer uses 2 for its own usage errors too
+    3  `lenet predict --min-confidence`: every image was classified, but some not surely enough
     130 interrupted by Ctrl-C
 """
 
@@ -11,6 +12,7 @@ from __future__ import annotations
 
 EXIT_FAILURE = 1
 EXIT_USAGE = 2
+EXIT_UNSURE = 3
 EXIT_INTERRUPTED = 130
 
 
@@ -56,7 +58,8 @@ class ImageError(LenetError):
 
     `kind` names the failure for scripts (`lenet predict --json` reports it per file):
     not_found, unreadable, empty, not_image, corrupt, too_large, no_ink, not_a_file (a named pipe,
-    socket or device: never opened, so it cannot block).
+    socket or device: never opened, so it cannot block); for URLs also http_error (a status other
+    than 404/410, which are not_found), unreachable (refused, unknown host, dropped) and timeout.
     """
 
     def __init__(self, message: str, hint: str | None = None, kind: str = "corrupt") -> None:
@@ -71,10 +74,19 @@ IMAGE_HINTS = {
     "empty": "Save or download the image again.",
     "not_image": "Pass PNG, JPEG, BMP, GIF, TIFF or WebP images.",
     "corrupt": "Save or download the image again.",
-    "too_large": "Scale it down below 50 megapixels.",
+    "too_large": "Scale it down below 50 megapixels (20 MiB for a URL or stdin).",
     "no_ink": "Pass an image with a visible digit on a plain background.",
     "not_a_file": "Pass image files; named pipes, sockets and devices are not read.",
+    "http_error": "Check the URL in a browser.",
+    "unreachable": "Check the URL and the network.",
+    "timeout": "Try again, or download the image and pass the file.",
 }
+
+
+class UnsureError(LenetError):
+    """`lenet predict --min-confidence`: some prediction was below it, or its image was not a digit."""
+
+    exit_code = EXIT_UNSURE
 
 
 class DivergedError(LenetError):

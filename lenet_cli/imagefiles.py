@@ -5,16 +5,22 @@ Only Pillow and numpy: `lenet predict` must not import torch.
 
 from __future__ import annotations
 
+import io
 import stat
+import sys
 import warnings
 from pathlib import Path
 
 import numpy as np
 
+from lenet_cli import __version__
 from lenet_cli.errors import ImageError, first_line
 from lenet_cli.fileio import not_a_file
 
 MAX_PIXELS = 50_000_000  # refuse absurdly large images (decompression bombs)
+MAX_DOWNLOAD_BYTES = 20 * 1024 * 1024  # a URL or stdin: more than any photo of a digit needs
+URL_TIMEOUT_S = 10.0  # seconds to connect, and between two reads of the body
+STDIN = "-"  # `lenet predict -`: one image from stdin
 SUPPORTED = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp")
 
 
@@ -43,9 +49,10 @@ def load_gray(path: Path) -> tuple[np.ndarray, np.ndarray | None]:
 
 
 def load_gray_bytes(data: bytes, where: str = "upload", max_pixels: int = MAX_PIXELS) -> tuple[np.ndarray, np.ndarray | None]:
-    """`load_gray` for an image held in memory (an HTTP upload): the same checks and error kinds."""
-    import io
+    """`load_gray` for an image held in memory (an upload, stdin, a download): the same checks and error kinds.
 
+    `where` only labels the errors ("-" for stdin, the URL, "upload").
+    """
     if not data:
         raise ImageError(f"{where}: the file is empty (0 bytes).", kind="empty")
     return decode_gray(io.BytesIO(data), where, max_pixels)
@@ -88,6 +95,83 @@ def decode_gray(fh, where: str, max_pixels: int = MAX_PIXELS) -> tuple[np.ndarra
             # Truncated downloads and damaged files end up here ("image file is truncated", ...).
             detail = first_line(exc)
             raise ImageError(f"{where}: damaged or truncated image ({detail}).", kind="corrupt") from exc
+
+
+def is_url(item: str) -> bool:
+    """An http:// or https:// address (other schemes are taken as file names, and not found)."""
+    return item.lower().startswith(("http://", "https://"))
+
+
+def fetch_url(url: str, max_bytes: int | None = None, timeout: float | None = None) -> tuple[bytes, str]:
+    """The body of an HTTP(S) GET (at most `max_bytes`) and its content type; a failure is an ImageError.
+
+    The stdlib's urllib, so the URL path costs no import beyond it (and never torch).
+    `timeout` bounds the connection and each read, not the whole download. Both default to
+    the module's MAX_DOWNLOAD_BYTES and URL_TIMEOUT_S, read at call time.
+    """
+    max_bytes = MAX_DOWNLOAD_BYTES if max_bytes is None else max_bytes
+    timeout = URL_TIMEOUT_S if timeout is None else timeout
+    import socket
+    import urllib.error
+    import urllib.request
+
+    request = urllib.request.Request(url, headers={"User-Agent": f"lenet/{__version__}"})
+    try:
+        with urllib.request.urlopen(request, timeout=timeout) as response:  # noqa: S310 - http(s) only, see is_url
+            length = response.headers.get("Content-Length")
+            if length is not None and length.isdigit() and int(length) > max_bytes:
+                raise ImageError(f"{url}: the server sends {int(length):,} bytes, over the limit of "
+                                 f"{max_bytes:,}.", kind="too_large")
+            data = response.read(max_bytes + 1)  # one byte more tells "exactly the limit" from "over it"
+            kind = response.headers.get_content_type()
+    except ImageError:
+        raise
+    except urllib.error.HTTPError as exc:
+        what = "not_found" if exc.code in (404, 410) else "http_error"
+        raise ImageError(f"{url}: the server answered HTTP {exc.code} {exc.reason}.", kind=what) from None
+    except (TimeoutError, socket.timeout) as exc:
+        raise ImageError(f"{url}: no answer within {timeout:g} s.", kind="timeout") from exc
+    except urllib.error.URLError as exc:
+        if isinstance(exc.reason, (TimeoutError, socket.timeout)):
+            raise ImageError(f"{url}: no answer within {timeout:g} s.", kind="timeout") from exc
+        reason = getattr(exc.reason, "strerror", None) or exc.reason
+        raise ImageError(f"{url}: cannot connect ({reason}).", kind="unreachable") from exc
+    except (OSError, ValueError) as exc:  # a dropped connection mid-body, a malformed address
+        raise ImageError(f"{url}: download failed ({first_line(exc)}).", kind="unreachable") from exc
+    if len(data) > max_bytes:
+        raise ImageError(f"{url}: over the download limit of {max_bytes:,} bytes.", kind="too_large")
+    return data, kind
+
+
+def read_stdin(max_bytes: int | None = None) -> bytes:
+    """One image piped to `lenet predict -`, at most `max_bytes` (default MAX_DOWNLOAD_BYTES)."""
+    max_bytes = MAX_DOWNLOAD_BYTES if max_bytes is None else max_bytes
+    stream = sys.stdin.buffer if sys.stdin is not None else None
+    if stream is None or stream.isatty():
+        raise ImageError("-: stdin is a terminal, not an image. Pipe one in: cat digit.png | lenet predict -",
+                         kind="empty")
+    data = stream.read(max_bytes + 1)
+    if len(data) > max_bytes:
+        raise ImageError(f"-: more than the limit of {max_bytes:,} bytes on stdin.", kind="too_large")
+    return data
+
+
+def load_source(source: Path | str) -> tuple[np.ndarray, np.ndarray | None]:
+    """Grey levels and alpha of one input: an image file, an http(s) URL, or "-" for stdin."""
+    if isinstance(source, str) and source == STDIN:
+        data = read_stdin()
+        if not data:
+            raise ImageError("-: nothing came on stdin (0 bytes).", kind="empty")
+        return load_gray_bytes(data, STDIN)
+    if isinstance(source, str) and is_url(source):
+        data, content_type = fetch_url(source)
+        try:
+            return load_gray_bytes(data, source)
+        except ImageError as exc:
+            if exc.kind == "not_image" and not content_type.startswith("image/"):  # usually an HTML page
+                raise ImageError(f"{source}: not an image (the server sent {content_type}).", kind="not_image") from None
+            raise
+    return load_gray(Path(source))
 
 
 def _upright(img, image_ops):
@@ -139,15 +223,19 @@ def _to_gray(img) -> tuple[np.ndarray, np.ndarray | None]:
     return gray, alpha
 
 
-def expand_inputs(items: list[str]) -> list[Path]:
+def expand_inputs(items: list[str]) -> list[Path | str]:
     """Files, directories (their images, sorted) and glob patterns -> a list of paths.
 
     A name that matches nothing is kept, so it is reported as 'file not found' in its row.
+    URLs and "-" (stdin) stay strings: `load_source` reads them.
     """
     import glob
 
-    paths: list[Path] = []
+    paths: list[Path | str] = []
     for item in items:
+        if item == STDIN or is_url(item):
+            paths.append(item)
+            continue
         p = Path(item).expanduser()
         if p.is_dir():
             try:

@@ -31,7 +31,7 @@ from pathlib import Path
 import numpy as np
 
 from lenet_cli.errors import ImageError
-from lenet_cli.imagefiles import MAX_PIXELS, load_gray, load_gray_bytes
+from lenet_cli.imagefiles import MAX_PIXELS, load_gray_bytes, load_source
 
 MNIST_SIZE = 28
 MNIST_BOX = 20  # MNIST digits are fitted into 20x20 ...
@@ -39,6 +39,38 @@ WORK_BOX = 80  # ... we thicken strokes at 4x that size, then shrink with area a
 TARGET_STROKE = 0.11  # MNIST stroke width / digit box size (about 2.2 px in 20)
 INK_FLOOR = 0.2  # after contrast stretch, below this is paper texture or noise
 MIN_CONTRAST = 0.06  # ink must differ from the background by ~15 grey levels
+
+
+# What no digit looks like, in the 28x28 the model sees (chosen on the development sets; see
+# docs/predict_validation.py and the README for how many real digits and how much junk each flags):
+BLOB_DEPTH = 4  # 3x3 erosions a patch of ink survives: a solid 9x9 block, four times MNIST's stroke
+LINE_ASPECT = 0.5  # ink less than half as tall as it is wide: a dash or an underline
+NOT_A_DIGIT = "not a digit"  # the start of every shape note, for scripts
+
+
+def shape_notes(pixels: np.ndarray) -> list[str]:
+    """Notes for ink that does not look like a digit, from the uint8 (28, 28) image the model sees.
+
+    A speck or a blob is fitted into 20x20 like a digit, and then is a solid disc; a dash
+    becomes a flat bar. The model still names a digit for them, often with 99% confidence,
+    because it has never seen anything but digits: these notes say what it cannot.
+    """
+    ink = pixels > 127  # (28, 28) bool
+    rows, cols = np.flatnonzero(ink.any(axis=1)), np.flatnonzero(ink.any(axis=0))
+    if rows.size == 0:
+        return [f"{NOT_A_DIGIT}: faint ink"]
+    notes = []
+    height, width = rows[-1] - rows[0] + 1, cols[-1] - cols[0] + 1
+    if height < LINE_ASPECT * width:
+        notes.append(f"{NOT_A_DIGIT}: a flat line")
+    solid = ink
+    for _ in range(BLOB_DEPTH):
+        padded = np.pad(solid, 1)
+        solid = np.logical_and.reduce([padded[1 + dy : 29 + dy, 1 + dx : 29 + dx]
+                                       for dy in (-1, 0, 1) for dx in (-1, 0, 1)])
+    if solid.any():
+        notes.append(f"{NOT_A_DIGIT}: a solid blob")
+    return notes
 
 
 @dataclass(frozen=True)
@@ -123,13 +155,21 @@ def _residual_from_lighting(gray: np.ndarray) -> tuple[np.ndarray, float]:
     or a broad shadow across a photo of paper without knowing yet whether the ink is
     dark or bright. Lighting is smooth, so the fit runs on a 64-pixel copy (cheap); the
     residual is taken at 256 pixels, where a thin stroke is still visible.
+
+    The first fit uses only the pixels close to the border's level, which is the paper's
+    (people leave a margin). Starting from all pixels let the ink drag the surface where
+    it covers much of the image (a small scan of thick strokes): the "lighting" then
+    followed the strokes, the background map kept their middles, and they came out
+    hollow, a thick 1 read as a 0.
     """
     tiny = _small_copy(gray, 64)
     basis = _quadratic_basis(*tiny.shape)
     values = tiny.ravel().astype(np.float64)
-    keep = np.ones(values.size, dtype=bool)
+    edge = _border(tiny)  # (2h + 2w,) grey levels: mostly paper, even when the ink touches the edge
     coef = np.zeros(basis.shape[1])
-    coef[0] = float(_median(values))
+    coef[0] = float(_median(edge))
+    spread = 1.4826 * float(_median(np.abs(edge - coef[0]))) + 1e-3
+    keep = np.abs(values - coef[0]) < max(3 * spread, 0.1)
     for _ in range(4):
         if keep.sum() < basis.shape[1] * 4:
             break
@@ -268,9 +308,9 @@ def to_mnist(gray: np.ndarray, alpha: np.ndarray | None = None, invert: bool | N
     return Prepared(np.round(placed * 255).astype(np.uint8), inverted=inverted, passthrough=False)
 
 
-def prepare_file(path: Path, invert: bool | None = None) -> Prepared:
-    """Load and preprocess one image file."""
-    gray, alpha = load_gray(path)
+def prepare_file(path: Path | str, invert: bool | None = None) -> Prepared:
+    """Load and preprocess one image: a file, an http(s) URL or "-" (stdin)."""
+    gray, alpha = load_source(path)
     try:
         return to_mnist(gray, alpha, invert)
     except ImageError as exc:

@@ -157,6 +157,18 @@ def _render_mask(strokes: list[np.ndarray], size: tuple[int, int], box: tuple[fl
     return big.resize((w, h), Image.Resampling.BOX) if ss > 1 else big
 
 
+def _render_ellipse(size: tuple[int, int], box: tuple[float, float, float], shape: tuple[float, float], ss: int):
+    """A filled, anti-aliased ellipse of `shape` (fractions of the box height) at the box's centre."""
+    from PIL import Image, ImageDraw
+
+    w, h = size
+    cx, cy, height = box
+    rx, ry = shape[0] * height / 2, shape[1] * height / 2
+    big = Image.new("L", (w * ss, h * ss), 0)
+    ImageDraw.Draw(big).ellipse(((cx - rx) * ss, (cy - ry) * ss, (cx + rx) * ss, (cy + ry) * ss), fill=255)
+    return big.resize((w, h), Image.Resampling.BOX) if ss > 1 else big
+
+
 def _place(rng: np.random.Generator, w: int, h: int, frac: tuple[float, float]) -> tuple[float, float, float]:
     height = rng.uniform(*frac) * min(w, h)
     margin = 0.6 * height
@@ -177,19 +189,28 @@ def _lighting(rng: np.random.Generator, w: int, h: int, strength: float) -> np.n
     return (1 - strength * field).astype(np.float32)
 
 
-def render(label: int, style: str, rng: np.random.Generator, strokes: list[np.ndarray] | None = None) -> Sample:
-    """One image of `label` in `style` (strokes drawn from the templates unless given)."""
+def render(label: int, style: str, rng: np.random.Generator, strokes: list[np.ndarray] | None = None,
+           filled: tuple[float, float] | None = None) -> Sample:
+    """One image of `label` in `style` (strokes drawn from the templates unless given).
+
+    `filled` = (width, height), as fractions of the digit box, draws a filled ellipse
+    instead of strokes: a blob of ink (see `not_digits`).
+    """
     from PIL import Image, ImageFilter
 
-    if strokes is None:
+    if strokes is None and filled is None:
         strokes = digit_strokes(label, rng)
+
+    def draw(size: tuple[int, int], box: tuple[float, float, float], pen: float, ss: int):
+        return _render_mask(strokes, size, box, pen, ss) if filled is None else _render_ellipse(size, box, filled, ss)
+
     if style in ("pen", "photo", "chalk", "scan"):
         w, h = int(rng.integers(400, 1200)), int(rng.integers(400, 1200))
         if style == "photo":
             w, h = int(rng.integers(640, 1280)), int(rng.integers(480, 1024))
         box = _place(rng, w, h, (0.3, 0.8))
         pen = box[2] * rng.uniform(1 / 30, 1 / 11) if style != "pen" else min(w, h) * rng.uniform(1 / 150, 1 / 60)
-        ink = np.asarray(_render_mask(strokes, (w, h), box, pen, ss=2), dtype=np.float32) / 255
+        ink = np.asarray(draw((w, h), box, pen, ss=2), dtype=np.float32) / 255
         if style == "pen":
             paper = rng.uniform(0.9, 1.0, 3) if rng.random() < 0.5 else np.full(3, rng.uniform(0.93, 1.0))
             colour = rng.choice([(0.05, 0.05, 0.1), (0.1, 0.15, 0.5), (0.0, 0.0, 0.0), (0.3, 0.3, 0.3)])
@@ -223,7 +244,7 @@ def render(label: int, style: str, rng: np.random.Generator, strokes: list[np.nd
     w = h = int(rng.integers(40, 120)) if style == "marker" else int(rng.integers(32, 96))
     box = _place(rng, w, h, (0.6, 0.85))
     pen = box[2] * rng.uniform(0.1, 0.2)
-    ink = np.asarray(_render_mask(strokes, (w, h), box, pen, ss=4), dtype=np.float32) / 255
+    ink = np.asarray(draw((w, h), box, pen, ss=4), dtype=np.float32) / 255
     if style == "marker":
         light_on_dark = rng.random() < 0.4
         grey = ink if light_on_dark else 1 - ink
@@ -245,6 +266,39 @@ def generate(n_per_class: int = 20, seed: int = 0, styles: tuple[str, ...] = STY
     for i in range(n_per_class):
         for label in range(10):
             samples.append(render(label, styles[(i + label) % len(styles)], rng))
+    return samples
+
+
+NOT_DIGITS = ("speck", "line", "blob")
+
+
+def not_digits(n_per_kind: int = 30, seed: int = 0, styles: tuple[str, ...] = STYLES) -> list[Sample]:
+    """Ink that is not a digit, rendered like the digits (label -1; `style` is "kind-style", e.g. "speck-pen").
+
+    * ``speck``: one dot of the pen (a fleck of dust, a pen touching the paper);
+    * ``line``: one straight stroke within 25 degrees of horizontal (a dash, an underline;
+      steeper lines are left out, since a slanted line is how many people write a 1);
+    * ``blob``: a filled ellipse (a smudge, a bullet, a thumb over the lens).
+
+    `predict` must not call these confident digits: they are the development set for the
+    "not a digit" note, next to the real digits of every other set.
+    """
+    rng = np.random.default_rng(seed)
+    samples = []
+    for i in range(n_per_kind):
+        for k, kind in enumerate(NOT_DIGITS):
+            style = styles[(i + k) % len(styles)]
+            filled = None
+            if kind == "speck":
+                x, y = rng.uniform(-0.3, 0.3, 2)
+                strokes = [np.array([[x, y], [x, y]])]
+            elif kind == "line":
+                tilt = math.tan(math.radians(rng.uniform(-25, 25))) / 2
+                strokes = [_catmull_rom([(-0.5, tilt), (0.5, -tilt)])]
+            else:
+                strokes, filled = None, (rng.uniform(0.3, 0.9), rng.uniform(0.3, 0.9))
+            sample = render(-1, style, rng, strokes, filled=filled)
+            samples.append(Sample(-1, f"{kind}-{style}", sample.image, sample.suffix))
     return samples
 
 

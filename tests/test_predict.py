@@ -287,7 +287,7 @@ def test_malformed_exif_is_ignored(tmp_path):
     """A damaged EXIF block (a SHORT tag holding text) must not cost the image, nor the other rows."""
     from PIL import Image
 
-    from lenet_cli.images import load_gray
+    from lenet_cli.imagefiles import load_gray
 
     img = digit_image(7, "marker", seed=3).convert("L").transpose(Image.Transpose.ROTATE_180)
     exif = Image.Exif()

@@ -13,6 +13,7 @@ from lenet_cli.errors import UsageError
 from lenet_cli.events import Events
 from lenet_cli.fileio import ensure_dir
 from lenet_cli.imagefiles import expand_inputs
+from lenet_cli.images import NOT_A_DIGIT
 from lenet_cli.predict import PredictConfig, RowWriter, default_model_path, iter_predictions
 from lenet_cli.tta import tta_logits
 
@@ -23,7 +24,7 @@ PROGRESS_FROM_FILES = 50  # predict shows a progress bar from this many files
 class PredictRequest:
     """`lenet predict`: the images (files, folders, globs), the model and how to show results."""
 
-    images: tuple[str, ...] = ()
+    images: tuple[str, ...] = ()  # also http(s) URLs, and "-" for one image on stdin
     weights: Path | None = None
     device: DeviceSpec = AUTO  # auto with the bundled model: onnxruntime on the CPU, no torch
     top_k: int = 3
@@ -32,6 +33,7 @@ class PredictRequest:
     output: Path | None = None  # rows also go to this .jsonl or .csv file, as they are computed
     keep_rows: int | None = None  # how many rows the report keeps (None: all); counts cover every row
     tta: bool = False  # average over one-pixel shifts (tta.py)
+    min_confidence: float | None = None  # count the rows under it (or not a digit) as unsure
 
 
 @dataclass
@@ -46,10 +48,17 @@ class PredictReport:
     failed: int = 0
     first_failure: dict[str, Any] | None = None
     output: Path | None = None
+    unsure: int = 0  # with min_confidence: classified rows below it, or whose ink is not a digit
+    first_unsure: dict[str, Any] | None = None
 
     def to_dict(self) -> dict[str, Any]:
         """The JSON of `lenet predict --json`."""
         return {"weights": str(self.weights), "backend": self.backend, "device": self.device, "results": self.results}
+
+
+def is_unsure(row: dict[str, Any], min_confidence: float) -> bool:
+    """A classified row whose top probability is below `min_confidence`, or whose ink is not a digit."""
+    return row["confidence"] < min_confidence or any(n.startswith(NOT_A_DIGIT) for n in row["notes"])
 
 
 def predict(request: PredictRequest, events: Events | None = None) -> PredictReport:
@@ -62,6 +71,8 @@ def predict(request: PredictRequest, events: Events | None = None) -> PredictRep
     paths = expand_inputs(list(request.images))
     if not paths:
         raise UsageError("No images given.", "Example: lenet predict digit.png")
+    if request.min_confidence is not None and not 0.0 <= request.min_confidence <= 1.0:
+        raise UsageError(f"--min-confidence is a probability between 0 and 1, got {request.min_confidence}.")
     if request.output is not None and request.output.suffix.lower() not in RowWriter.SUFFIXES:
         raise UsageError(f"--output should end in .jsonl or .csv, got {request.output}.")
     model_path = default_model_path(request.weights, request.device)
@@ -86,6 +97,9 @@ def predict(request: PredictRequest, events: Events | None = None) -> PredictRep
             if row.get("error"):
                 report.failed += 1
                 report.first_failure = report.first_failure or row
+            elif request.min_confidence is not None and is_unsure(row, request.min_confidence):
+                report.unsure += 1
+                report.first_unsure = report.first_unsure or row
             if request.keep_rows is None or len(report.results) < request.keep_rows:
                 report.results.append(row)
             if writer is not None:

@@ -15,7 +15,7 @@ from lenet_cli import api
 from lenet_cli.cli.console import RichEvents, error, out, run_and_show
 from lenet_cli.cli.options import JsonOpt, TtaOpt, WeightsOpt, device_spec, examples
 from lenet_cli.devices import DEVICE_HELP
-from lenet_cli.errors import EXIT_FAILURE, IMAGE_HINTS, UsageError
+from lenet_cli.errors import EXIT_FAILURE, IMAGE_HINTS, UnsureError, UsageError
 
 TABLE_ROWS = 200  # the table is for reading; --jsonl and --output carry every row
 
@@ -25,11 +25,15 @@ EPILOG = examples(
     "lenet predict digit.png --weights model.onnx --json",
     "lenet predict drawing.png --save-preview previews/  # see what the model saw",
     "lenet predict scans/ --jsonl > results.jsonl  # a large folder, streamed",
+    "lenet predict https://example.com/digit.png  # a URL (http or https)",
+    "cat digit.png | lenet predict -  # one image from stdin",
+    "lenet predict digit.png --min-confidence 0.9  # exit code 3 if unsure or not a digit",
 )
 
 
 def predict(
-    images: Annotated[list[str], typer.Argument(help="Image files, directories or glob patterns.", show_default=False)],
+    images: Annotated[list[str], typer.Argument(help="Image files, directories, glob patterns, http(s) URLs, or - "
+                                                "for one image on stdin.", show_default=False)],
     weights: WeightsOpt = None,
     device: Annotated[str, typer.Option("--device", "-d", help=f"{DEVICE_HELP} With the bundled model, auto runs "
                                         "onnxruntime on the CPU (no torch).")] = "auto",
@@ -48,6 +52,11 @@ def predict(
     jsonl: Annotated[bool, typer.Option("--jsonl", help="Print one JSON object per file on stdout as it is computed, "
                                         "instead of a table (for scripts and large folders).")] = False,
     tta: TtaOpt = False,
+    min_confidence: Annotated[
+        Optional[float], typer.Option("--min-confidence", help="Exit with code 3 when a prediction's confidence is "
+                                      "below this (0-1), or its image is not a digit.", min=0.0, max=1.0,
+                                      show_default=False)
+    ] = None,
     json_out: JsonOpt = False,
 ) -> None:
     """Classify images of digits: photos, scans, drawings, icons, MNIST crops.
@@ -55,6 +64,9 @@ def predict(
     Each image is turned into MNIST's form first (polarity, contrast, crop,
     stroke width, 20x20 fit, centre of mass). A file that fails is reported in
     its row; the others are still classified; the exit code is 1 if any failed.
+    Ink that is no digit (a speck, a blob, a dash) gets a "not a digit" note and a
+    top probability under 70% a "low confidence" note; --min-confidence turns
+    them into exit code 3.
     Large folders stream with --jsonl or --output: rows are written as they are
     computed and memory stays flat; the table shows the first 200 rows.
     """
@@ -63,7 +75,8 @@ def predict(
                          "--jsonl streams one object per line; --json prints one document at the end.")
     request = api.PredictRequest(images=tuple(images), weights=weights, device=device_spec(device), top_k=top_k,
                                  invert=invert, preview_dir=save_preview, output=output, tta=tta,
-                                 keep_rows=None if json_out else (0 if jsonl else TABLE_ROWS))
+                                 keep_rows=None if json_out else (0 if jsonl else TABLE_ROWS),
+                                 min_confidence=min_confidence)
     if jsonl:
         with JsonLinesEvents() as events:
             report = api.predict(request, events)
@@ -71,6 +84,12 @@ def predict(
         report = run_and_show(api.predict, request, lambda r: render(r, top_k), json_out)
     if report_failures(report, "the JSON" if json_out or jsonl else "the table"):
         raise typer.Exit(EXIT_FAILURE)
+    if report.unsure and report.first_unsure is not None:
+        first = report.first_unsure
+        why = "; ".join(first["notes"]) or f"confidence {100 * first['confidence']:.1f}%"
+        sys.stdout.flush()  # the data first, then the summary
+        raise UnsureError(f"{report.unsure} of {report.total} prediction(s) below --min-confidence "
+                          f"{min_confidence:g} or not a digit; the first, {first['file']}: {why}.")
 
 
 class JsonLinesEvents(RichEvents):
@@ -103,7 +122,8 @@ def render(report: api.PredictReport, top_k: int) -> None:
                           row.get("error_kind", ""))
             continue
         tops = "  ".join(f"{t['class']} {100 * t['probability']:.1f}%" for t in row["top_k"])
-        notes = "MNIST form, unchanged" if row["passthrough"] else ("inverted" if row["inverted"] else "")
+        decided = "MNIST form, unchanged" if row["passthrough"] else ("inverted" if row["inverted"] else "")
+        notes = "; ".join([n for n in (decided,) if n] + [f"[yellow]{escape(n)}[/]" for n in row["notes"]])
         table.add_row(escape(row["file"]), f"[bold]{row['prediction']}[/]", f"{100 * row['confidence']:.1f}%", tops, notes)
     out.print(table)
 
