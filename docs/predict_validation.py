@@ -14,8 +14,8 @@ unchanged, and writes docs/preprocessing.png: what the model sees from each kind
 Uses the bundled ONNX model through onnxruntime, like `lenet predict`.
 
 Every set here is a development set: usps-train (real scans, never trained on), the
-drawn and re-drawn sets of tests/handwriting.py, and MNIST's validation split (the last
-5,000 training images). The MNIST test set is only used, re-drawn, for the accuracy table,
+drawn and re-drawn sets of tests/handwriting.py, and MNIST's validation split (the 5,000
+training images `lenet train` holds out). The MNIST test set is only used, re-drawn, for the accuracy table,
 never to choose a threshold.
 """
 
@@ -151,15 +151,18 @@ def drawn_items(samples) -> list[tuple[np.ndarray, np.ndarray | None, int, str]]
 
 def mnist_checks(mnist_dir: Path, model) -> None:
     """MNIST's validation split: passes through unchanged, and how often predict's notes fire on it."""
-    images = read_idx(mnist_dir / "train-images-idx3-ubyte.gz").reshape(-1, 28, 28)[-5000:]
-    labels = read_idx(mnist_dir / "train-labels-idx1-ubyte.gz")[-5000:]
+    # The split `lenet train` holds out (data.train_val_split): images the bundled model never trained on.
+    from lenet_cli.data import load_split, train_val_split
+
+    _, val = train_val_split(load_split(mnist_dir, "train", allow_download=False), 5000)
+    images, labels = val.images.numpy(), val.labels.numpy()
     prepared = [to_mnist(img / np.float32(255)) for img in images]
     unchanged = sum(p.passthrough and np.array_equal(p.pixels, img) for p, img in zip(prepared, images))
     px = np.stack([p.pixels for p in prepared])
     probs = softmax(model.logits(px))
     not_digit, low = flags(px, probs)
     wrong = probs.argmax(1) != labels
-    print(f"\nMNIST validation split (last 5,000 training images): {unchanged} of 5000 passed through unchanged; "
+    print(f"\nMNIST validation split (the 5,000 images lenet train holds out): {unchanged} of 5000 passed through unchanged; "
           f"accuracy {100 * (~wrong).mean():.2f}%")
     print(f"notes: not a digit {not_digit.sum()} ({100 * not_digit.mean():.2f}%), low confidence {low.sum()} "
           f"({100 * low.mean():.2f}%); of the {wrong.sum()} wrong answers, {(wrong & (not_digit | low)).sum()} carry a note")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import gzip
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -331,7 +332,15 @@ def test_bundled_weights_load():
     path = weights_mod.bundled_weights_path()
     m, info = weights_mod.load_model(path)
     assert info.config.preset == "modern"
-    assert not info.config.pool_first  # a lenet 0.1.0 file: no pool_first key, so pool last
+    assert info.config.pool_first  # trained by today's `lenet train` (README, "The bundled model")
+    assert info.metrics["test_accuracy"] >= 0.994
+
+
+def test_a_lenet_0_1_0_weights_file_loads_as_the_pool_last_model_it_is():
+    # The bundled model of lenet 0.1.0, kept as a fixture: no pool_first key, so pool last.
+    path = Path(__file__).parent / "fixtures" / "weights-0.1.0-modern.safetensors"
+    m, info = weights_mod.load_model(path)
+    assert info.config.preset == "modern" and not info.config.pool_first
     assert info.metrics["test_accuracy"] >= 0.993
 
 
