@@ -7,13 +7,15 @@ import json
 import numpy as np
 import pytest
 import torch
+from test_resume import (
+    StopAt,  # the Events that asks for a stop at (epoch, step), as a Ctrl-C would
+)
 from typer.testing import CliRunner
 
 from lenet_cli.checkpoint import CHECKPOINT_NAME, load_checkpoint, save_checkpoint
 from lenet_cli.cli.app import app
 from lenet_cli.data import load_split, train_val_split
 from lenet_cli.errors import WeightsError
-from lenet_cli.events import Events
 from lenet_cli.records import SHORT_RUN, TrainConfig
 from lenet_cli.signals import StopSignal
 from lenet_cli.train import train
@@ -31,15 +33,6 @@ def splits(tiny_mnist):
 @pytest.fixture(scope="module")
 def ema_run(splits):
     return train(EMA, *splits, CPU)
-
-
-class StopAt(Events):
-    def __init__(self, stop: StopSignal, epoch: int, step: int) -> None:
-        self.stop, self.epoch, self.step = stop, epoch, step
-
-    def on_step(self, epoch, step, steps, loss, images_per_s):
-        if (epoch, step) >= (self.epoch, self.step):
-            self.stop.request()
 
 
 def test_ema_run_saves_the_average_not_the_last_step(splits, ema_run):
