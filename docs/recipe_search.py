@@ -4,7 +4,9 @@
         base: label_smoothing=0.1: label_smoothing=0.1,ema_decay=0.999
 
 Each variant is `name:` followed by comma-separated TrainConfig fields (`field=value`) on top of
-the recipe for the epoch budget (`TrainConfig.for_budget`). Every run is a real `lenet` training
+the recipe for the epoch budget (`TrainConfig.for_budget`), and model fields as `model.field=value`
+(`model.dropout=0`): those train a variant of the preset, registered under the variant's name for
+this process only (lenet's own presets are untouched). Every run is a real `lenet` training
 run through the library; the printed figure for choosing is the validation accuracy (5,000 held-out
 training images). The test accuracy is printed too, for reporting only: choices are made on
 validation. Runs one variant and seed at a time in this process; set OMP_NUM_THREADS to choose
@@ -24,21 +26,30 @@ import torch
 from lenet_cli.data import load_split, train_val_split
 from lenet_cli.evaluate import summarize, torch_logits
 from lenet_cli.kernels import speed_up
-from lenet_cli.model import build_model
+from lenet_cli.model import PRESETS, ModelConfig, build_model
 from lenet_cli.records import TrainConfig
 from lenet_cli.train import train
 
 
+def typed(value: str, default: object) -> object:
+    """`value` as the type of the field's default."""
+    return (value.lower() in ("1", "true", "yes")) if isinstance(default, bool) else type(default)(value)
+
+
 def parse_variant(text: str) -> tuple[str, dict]:
+    """`name:field=value,model.field=value` -> (name, TrainConfig settings), registering a model variant."""
     name, _, body = text.partition(":")
-    fields = {f.name: f.type for f in dataclasses.fields(TrainConfig)}
-    settings = {}
+    settings, model = {}, {}
     for item in filter(None, body.split(",")):
         key, _, value = item.partition("=")
-        if key not in fields:
-            sys.exit(f"unknown TrainConfig field {key!r}")
-        default = getattr(TrainConfig(), key)
-        settings[key] = (value.lower() in ("1", "true", "yes")) if isinstance(default, bool) else type(default)(value)
+        target, config, key = (model, ModelConfig, key[6:]) if key.startswith("model.") else (settings, TrainConfig, key)
+        if key not in {f.name for f in dataclasses.fields(config)}:
+            sys.exit(f"unknown {config.__name__} field {key!r}")
+        target[key] = typed(value, getattr(config(), key))
+    if model:
+        base = PRESETS[settings.get("preset", TrainConfig.preset)]
+        PRESETS[name] = dataclasses.replace(base, preset=name, **model)
+        settings["preset"] = name
     return name, settings
 
 
