@@ -52,8 +52,10 @@ def keep_freed_memory() -> None:
 def augment_batch(x: "torch.Tensor", cfg: TrainConfig, gen: "torch.Generator") -> "torch.Tensor":
     """Random rotation, scale and shift of a batch (B, 1, 28, 28) with one affine warp.
 
-    Parameters are drawn on the CPU from `gen` so the same seed gives the same
-    augmentation on every device. Pixels outside the image are black (0), as in MNIST.
+    Then, with `cfg.elastic`, an elastic distortion in the same warp, and with `cfg.stroke`,
+    stroke-width jitter (`jitter_stroke`). Parameters are drawn on the CPU from `gen` so the
+    same seed gives the same augmentation on every device. Pixels outside the image are black
+    (0), as in MNIST.
     """
     import torch
     import torch.nn.functional as F
@@ -76,7 +78,37 @@ def augment_batch(x: "torch.Tensor", cfg: TrainConfig, gen: "torch.Generator") -
     if cfg.elastic > 0:
         dx, dy = elastic_field(b, h, w, cfg.elastic, gen).to(x.device, x.dtype).unbind(1)
         gx, gy = gx + dx * (2.0 / w), gy + dy * (2.0 / h)  # pixels -> normalised coordinates
-    return F.grid_sample(x, torch.stack([gx, gy], -1), mode="bilinear", padding_mode="zeros", align_corners=False)
+    x = F.grid_sample(x, torch.stack([gx, gy], -1), mode="bilinear", padding_mode="zeros", align_corners=False)
+    return jitter_stroke(x, cfg.stroke, gen) if cfg.stroke > 0 else x
+
+
+def jitter_stroke(x: "torch.Tensor", strength: float, gen: "torch.Generator") -> "torch.Tensor":
+    """Thicker or thinner strokes: each image moves a random part of the way to its 3x3 dilation or erosion.
+
+    t is uniform in [-strength, strength] per image; t > 0 blends that much of the dilated image
+    (a 3x3 max: pen strokes a pixel wider) in, t < 0 that much of the eroded one (a 3x3 min).
+    MNIST's strokes are 2-3 pixels wide; pens, scanners and the drawing page vary that.
+    """
+    import torch
+    import torch.nn.functional as F
+
+    t = (torch.rand(x.shape[0], generator=gen) * 2 - 1).mul_(strength).to(x.device, x.dtype).view(-1, 1, 1, 1)
+    dilated, eroded = max3x3(x), -max3x3(-x)
+    return x + t.clamp(min=0) * (dilated - x) + (-t).clamp(min=0) * (eroded - x)
+
+
+def max3x3(x: "torch.Tensor") -> "torch.Tensor":
+    """F.max_pool2d(x, 3, stride=1, padding=1) as a row max then a column max of shifted views.
+
+    Same values; on one-channel planes about 5x faster on the CPU (batch 256 on 2 cores: 1.3 ms
+    against 7.4 ms, twice per step, for a step of about 17 ms).
+    """
+    import torch
+    import torch.nn.functional as F
+
+    z = F.pad(x, (1, 1, 1, 1), value=float("-inf"))
+    rows = torch.maximum(torch.maximum(z[..., :-2], z[..., 1:-1]), z[..., 2:])  # (B, 1, H + 2, W)
+    return torch.maximum(torch.maximum(rows[..., :-2, :], rows[..., 1:-1, :]), rows[..., 2:, :])
 
 
 ELASTIC_SIGMA = 4.0  # pixels: the smoothing of Simard et al. (2003), "Best practices for CNNs applied to visual document analysis"

@@ -65,6 +65,7 @@ class TrainConfig:
     max_shift: float = 2.0  # pixels
     max_scale: float = 0.08  # +/- fraction
     elastic: float = 0.0  # strength (alpha) of Simard-style elastic distortion; 0: none
+    stroke: float = 0.0  # stroke-width jitter: up to this fraction of a 3x3 dilation or erosion; 0: none
     val_size: int = 5000
     seed: int = 0
     dry_run: bool = False  # one batch per epoch: a quick check that everything runs
@@ -83,6 +84,8 @@ class TrainConfig:
             raise UsageError(f"--label-smoothing must be in [0, 1), got {self.label_smoothing}.")
         if not (math.isfinite(self.elastic) and self.elastic >= 0):
             raise UsageError(f"--elastic must be a number >= 0, got {self.elastic}.")
+        if not 0 <= self.stroke <= 1:
+            raise UsageError(f"--stroke must be in [0, 1], got {self.stroke}.")
         if not 0 <= self.ema_decay < 1:
             raise UsageError(f"--ema must be in [0, 1), got {self.ema_decay}.")
         if self.val_size < 0:
@@ -142,7 +145,7 @@ SHORT_RUN_EPOCHS = 2
 SHORT_RUN: dict[str, Any] = {"batch_size": 128, "lr": 1e-2, "label_smoothing": 0.1}
 
 # What a file that predates a field ran with (not the field's default, which may have changed since).
-LEGACY_VALUES: dict[str, Any] = {"ema_decay": 0.0, "elastic": 0.0}
+LEGACY_VALUES: dict[str, Any] = {"ema_decay": 0.0, "elastic": 0.0, "stroke": 0.0}
 
 
 @dataclass(frozen=True)

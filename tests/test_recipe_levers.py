@@ -69,8 +69,9 @@ def test_a_checkpoint_without_its_average_is_a_clear_error(splits, tmp_path):
 
 def test_files_from_before_the_average_existed_ran_without_one():
     data = TrainConfig().to_dict("auto")
-    del data["ema_decay"]
-    assert TrainConfig.from_dict(data).ema_decay == 0.0
+    del data["ema_decay"], data["stroke"]
+    cfg = TrainConfig.from_dict(data)
+    assert (cfg.ema_decay, cfg.stroke) == (0.0, 0.0)
 
 
 def test_short_runs_take_their_own_recipe_and_options_still_win():
@@ -158,14 +159,34 @@ def test_elastic_distortion_is_seeded_smooth_and_off_by_default():
     assert step < 0.2 * field.abs().mean()
 
 
+def test_stroke_jitter_thickens_and_thins_within_the_dilation_and_erosion():
+    from lenet_cli.recipe import augment_batch, jitter_stroke, max3x3
+
+    x = torch.zeros(64, 1, 28, 28)
+    x[:, :, 8:20, 13:15] = 255.0  # a bar two pixels wide
+    y = jitter_stroke(x, 1.0, torch.Generator().manual_seed(0))
+    dilated = torch.nn.functional.max_pool2d(x, 3, stride=1, padding=1)
+    eroded = -torch.nn.functional.max_pool2d(-x, 3, stride=1, padding=1)
+    assert torch.all(y <= dilated) and torch.all(y >= eroded)
+    ink = y.sum((1, 2, 3))
+    assert (ink > x[0].sum()).any() and (ink < x[0].sum()).any()  # some thicker, some thinner
+    assert torch.equal(jitter_stroke(x, 1.0, torch.Generator().manual_seed(0)), y)
+    # Off by default: the augmentation draws nothing more, so older runs keep their exact images.
+    r = torch.rand(8, 1, 28, 28) * 255
+    assert torch.equal(max3x3(r), torch.nn.functional.max_pool2d(r, 3, stride=1, padding=1))
+    plain = augment_batch(r, TrainConfig(), torch.Generator().manual_seed(1))
+    assert torch.equal(plain, augment_batch(r, TrainConfig(stroke=0.0), torch.Generator().manual_seed(1)))
+    assert not torch.equal(plain, augment_batch(r, TrainConfig(stroke=0.5), torch.Generator().manual_seed(1)))
+
+
 def test_train_cli_passes_the_levers(monkeypatch):
     from lenet_cli import api
 
     seen = []
     monkeypatch.setattr(api, "train", lambda request, events=None: seen.append(request) or (_ for _ in ()).throw(SystemExit(0)))
-    CliRunner().invoke(app, ["train", "--epochs", "1", "--ema", "0.99", "--elastic", "20"])
+    CliRunner().invoke(app, ["train", "--epochs", "1", "--ema", "0.99", "--elastic", "20", "--stroke", "0.5"])
     (request,) = seen
     cfg = request.config
-    assert (cfg.ema_decay, cfg.elastic) == (0.99, 20.0)
+    assert (cfg.ema_decay, cfg.elastic, cfg.stroke) == (0.99, 20.0, 0.5)
     assert (cfg.batch_size, cfg.lr, cfg.label_smoothing) == (SHORT_RUN["batch_size"], SHORT_RUN["lr"],
                                                               SHORT_RUN["label_smoothing"])

@@ -73,6 +73,9 @@ def train(
              f"{SHORT_RUN['label_smoothing']:g} for runs of at most {SHORT_RUN_EPOCHS} epochs.")] = None,
     elastic: Annotated[float, typer.Option("--elastic", min=0.0, help="Strength (alpha, in Simard et al.'s units) of "
                                            "elastic distortion of training digits; 0: none.")] = D.elastic,
+    stroke: Annotated[float, typer.Option("--stroke", min=0.0, max=1.0, help="Stroke-width jitter: move each "
+                                          "training digit up to this fraction of the way to its 3x3 dilation "
+                                          "or erosion; 0: none.")] = D.stroke,
     ema: Annotated[float, typer.Option("--ema", help="Keep an exponential moving average of the weights with this "
                                        "per-step decay (e.g. 0.999) and save it as the result; 0: off.",
                                        min=0.0, max=0.9999)] = D.ema_decay,
@@ -101,7 +104,7 @@ def train(
     # Unset options (None) take the recipe's default for this many epochs.
     cfg = TrainConfig.for_budget(epochs, preset=arch, batch_size=batch_size, lr=lr, weight_decay=weight_decay,
                                  optimizer=optimizer, label_smoothing=label_smoothing, ema_decay=ema,
-                                 elastic=elastic, augment=augment, val_size=val_size, seed=seed, dry_run=dry_run)
+                                 elastic=elastic, stroke=stroke, augment=augment, val_size=val_size, seed=seed, dry_run=dry_run)
     request = api.TrainRequest(config=cfg, device=device_spec(device), data_dir=data_dir, output_dir=output_dir,
                                allow_download=not no_download, resume=resume, exist_ok=exist_ok)
     with RichEvents() as events:

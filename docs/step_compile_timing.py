@@ -1,0 +1,83 @@
+"""Does torch.compile pay for itself on lenet's training step? Times `recipe.train_step` three ways.
+
+    python docs/step_compile_timing.py [--batch-size 256] [--steps 40] [--rounds 5]
+
+Each way runs in its own fresh process (compiled code and thread pools stay out of each other's
+figures): `eager`, the step `lenet train` runs on the CPU (the model through `kernels.speed_up`);
+`compile-plain`, the plain model from `model.py` under `torch.compile`; `compile-kernels`, the
+CPU paths under `torch.compile`. The same step function (augmentation, forward, loss, backward,
+fused AdamW, schedule) on a random batch of MNIST's shape. Prints the seconds the first three steps
+took (compiling, for the compiled ways, from an empty compile cache) and milliseconds per step over `--rounds` rounds of
+`--steps` steps (min, median, max). Run it on a quiet machine.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import os
+import subprocess
+import sys
+import tempfile
+import time
+
+WAYS = ("eager", "compile-plain", "compile-kernels")
+
+
+def measure(way: str, batch_size: int, steps: int, rounds: int) -> None:
+    """Time one way in this process and print one line."""
+    import torch
+
+    from lenet_cli.kernels import speed_up
+    from lenet_cli.model import build_model
+    from lenet_cli.recipe import build_optimizer, build_schedule, train_step
+    from lenet_cli.records import TrainConfig
+
+    torch.manual_seed(0)
+    cfg = TrainConfig(batch_size=batch_size)
+    device = torch.device("cpu")
+    model = build_model(cfg.preset)
+    net = {"eager": lambda: speed_up(model, device),
+           "compile-plain": lambda: torch.compile(model),
+           "compile-kernels": lambda: torch.compile(speed_up(model, device))}[way]()
+    opt = build_optimizer(model, cfg, device)
+    sched = build_schedule(opt, cfg, steps * rounds + 3)
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randint(0, 256, (batch_size, 28, 28), dtype=torch.uint8)
+    y = torch.randint(0, 10, (batch_size,))
+    start = time.perf_counter()
+    for _ in range(3):
+        train_step(net, opt, sched, x, y, cfg, gen)
+    first = time.perf_counter() - start
+    per_step = []
+    for _ in range(rounds):
+        start = time.perf_counter()
+        for _ in range(steps):
+            train_step(net, opt, sched, x, y, cfg, gen)
+        per_step.append((time.perf_counter() - start) / steps * 1000)
+    print(f"{way:16} {first:10.1f} {min(per_step):8.2f} {statistics.median(per_step):8.2f} {max(per_step):8.2f}",
+          flush=True)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--batch-size", type=int, default=256)
+    parser.add_argument("--steps", type=int, default=40)
+    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--way", choices=WAYS, help=argparse.SUPPRESS)  # the child process's one way
+    args = parser.parse_args()
+    if args.way:
+        measure(args.way, args.batch_size, args.steps, args.rounds)
+        return
+    print(f"batch {args.batch_size}; ms per step over {args.rounds} rounds of {args.steps} steps", flush=True)
+    print(f"{'way':16} {'first 3 s':>10} {'min':>8} {'median':>8} {'max':>8}", flush=True)
+    for way in WAYS:
+        # An empty compile cache per process: the first-step figure is what a first run pays.
+        with tempfile.TemporaryDirectory() as cache:
+            subprocess.run([sys.executable, __file__, "--way", way, "--batch-size", str(args.batch_size),
+                            "--steps", str(args.steps), "--rounds", str(args.rounds)],
+                           check=True, env=os.environ | {"TORCHINDUCTOR_CACHE_DIR": cache})
+
+
+if __name__ == "__main__":
+    main()
