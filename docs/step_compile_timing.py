@@ -21,7 +21,20 @@ import sys
 import tempfile
 import time
 
-WAYS = ("eager", "compile-plain", "compile-kernels")
+WAYS = ("eager", "compile-plain", "compile-kernels", "eager-bf16", "plain", "plain-bf16")
+
+
+class Bf16Autocast:
+    """Calls `net` under CPU bf16 autocast (convolutions and matmuls in bf16, the loss in float32)."""
+
+    def __init__(self, net):
+        self.net = net
+
+    def __call__(self, x):
+        import torch
+
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            return self.net(x).float()
 
 
 def measure(way: str, batch_size: int, steps: int, rounds: int) -> None:
@@ -39,7 +52,10 @@ def measure(way: str, batch_size: int, steps: int, rounds: int) -> None:
     model = build_model(cfg.preset)
     net = {"eager": lambda: speed_up(model, device),
            "compile-plain": lambda: torch.compile(model),
-           "compile-kernels": lambda: torch.compile(speed_up(model, device))}[way]()
+           "compile-kernels": lambda: torch.compile(speed_up(model, device)),
+           "eager-bf16": lambda: Bf16Autocast(speed_up(model, device)),
+           "plain": lambda: model,
+           "plain-bf16": lambda: Bf16Autocast(model)}[way]()
     opt = build_optimizer(model, cfg, device)
     sched = build_schedule(opt, cfg, steps * rounds + 3)
     gen = torch.Generator().manual_seed(0)
@@ -64,6 +80,7 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=256)
     parser.add_argument("--steps", type=int, default=40)
     parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--ways", nargs="+", choices=WAYS, default=list(WAYS), help="the ways to time (default: all)")
     parser.add_argument("--way", choices=WAYS, help=argparse.SUPPRESS)  # the child process's one way
     args = parser.parse_args()
     if args.way:
@@ -71,7 +88,7 @@ def main() -> None:
         return
     print(f"batch {args.batch_size}; ms per step over {args.rounds} rounds of {args.steps} steps", flush=True)
     print(f"{'way':16} {'first 3 s':>10} {'min':>8} {'median':>8} {'max':>8}", flush=True)
-    for way in WAYS:
+    for way in args.ways:
         # An empty compile cache per process: the first-step figure is what a first run pays.
         with tempfile.TemporaryDirectory() as cache:
             subprocess.run([sys.executable, __file__, "--way", way, "--batch-size", str(args.batch_size),

@@ -147,10 +147,17 @@ def lenet_epoch(job: dict[str, Any]) -> dict[str, Any]:
 
     from lenet_cli.kernels import speed_up
     from lenet_cli.model import build_model
-    from lenet_cli.recipe import build_optimizer, build_schedule, keep_freed_memory, seed_everything, train_step
+    from lenet_cli.recipe import (
+        build_optimizer,
+        build_schedule,
+        keep_freed_memory,
+        resolve_precision,
+        seed_everything,
+        train_step,
+    )
 
     device = torch.device(job["device"])
-    cfg = TrainConfig()
+    cfg = resolve_precision(TrainConfig(), device)  # bf16 autocast where `lenet train` would use it
     if job.get("batch_size"):
         cfg = dataclasses.replace(cfg, batch_size=int(job["batch_size"]))
     seed_everything(cfg.seed)
@@ -178,7 +185,7 @@ def lenet_epoch(job: dict[str, Any]) -> dict[str, Any]:
         train_step(net, opt, sched, x_all[idx], y_all[idx], cfg, gen)
     sync()
     return {"seconds": time.perf_counter() - t0, "images": n, "steps": steps, "batch_size": bs,
-            "device": str(device), "data": data}
+            "precision": cfg.precision, "device": str(device), "data": data}
 
 
 def tutorial_epoch(job: dict[str, Any]) -> dict[str, Any]:

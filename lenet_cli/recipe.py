@@ -9,6 +9,7 @@ gives the same augmentation on every device.
 from __future__ import annotations
 
 import ctypes
+import dataclasses
 import math
 import sys
 from typing import TYPE_CHECKING, Any
@@ -177,6 +178,34 @@ def build_ema(model: "torch.nn.Module", cfg: TrainConfig) -> Any:
     return AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(cfg.ema_decay), use_buffers=True)
 
 
+def cpu_has_amx() -> bool:
+    """Whether this CPU has AMX tiles, where oneDNN runs bfloat16 convolutions and matmuls natively.
+
+    torch has no public call for it (get_cpu_capability() says "AVX512" with or without AMX);
+    torch.cpu._is_amx_tile_supported is what torch's own CPU tests use. Without it: False.
+    """
+    import torch
+
+    probe = getattr(torch.cpu, "_is_amx_tile_supported", None)
+    try:
+        return bool(probe()) if probe is not None else False
+    except Exception:  # noqa: BLE001 - a probe that fails means "don't rely on AMX"
+        return False
+
+
+def resolve_precision(cfg: TrainConfig, device: "torch.device") -> TrainConfig:
+    """cfg with --precision auto made concrete for `device`: bf16 on a CPU with AMX, float32 elsewhere.
+
+    On a 2-core Xeon with AMX, bf16 autocast trained 15 epochs 28% faster at the same validation
+    accuracy (README, "How the recipe was chosen"); without AMX, bf16 convolutions are slower than
+    float32, and on GPUs it is not measured yet. An explicit float32 or bf16 is kept as given.
+    """
+    if cfg.precision != "auto":
+        return cfg
+    use_bf16 = device.type == "cpu" and cpu_has_amx()
+    return dataclasses.replace(cfg, precision="bf16" if use_bf16 else "float32")
+
+
 def train_step(net: "torch.nn.Module", opt: "torch.optim.Optimizer", sched: Any, x: "torch.Tensor",
                y: "torch.Tensor", cfg: TrainConfig, gen: "torch.Generator",
                ema: Any = None) -> tuple["torch.Tensor", "torch.Tensor"]:
@@ -191,7 +220,18 @@ def train_step(net: "torch.nn.Module", opt: "torch.optim.Optimizer", sched: Any,
     x = x.unsqueeze(1).float()  # (B, 1, 28, 28) raw pixels 0-255
     if cfg.augment:
         x = augment_batch(x, cfg, gen)
-    logits = net(x)
+    if cfg.precision == "auto":
+        raise ValueError("train_step needs a concrete precision: pass the config through resolve_precision")
+    if cfg.precision == "bf16":
+        import torch
+
+        # Convolutions and matmuls in bfloat16 (AMX runs them natively); the loss and the
+        # optimizer stay float32, and so do the weights: autocast only casts copies.
+        with torch.autocast(x.device.type, dtype=torch.bfloat16):
+            logits = net(x)
+        logits = logits.float()
+    else:
+        logits = net(x)
     loss = F.cross_entropy(logits, y, label_smoothing=cfg.label_smoothing)
     opt.zero_grad()
     loss.backward()

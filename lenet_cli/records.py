@@ -20,6 +20,9 @@ if TYPE_CHECKING:  # pragma: no cover
 
 OPTIMIZERS = ("adamw", "sgd")
 SCHEDULES = ("onecycle", "constant")
+# The training forward pass: plain float32, or under bfloat16 autocast; "auto" is resolved per device
+# (recipe.resolve_precision) before training starts, so files record the one that ran.
+PRECISIONS = ("auto", "float32", "bf16")
 
 
 def check_field_types(cfg: Any, what: str) -> None:
@@ -66,6 +69,7 @@ class TrainConfig:
     max_scale: float = 0.08  # +/- fraction
     elastic: float = 0.0  # strength (alpha) of Simard-style elastic distortion; 0: none
     stroke: float = 0.0  # stroke-width jitter: up to this fraction of a 3x3 dilation or erosion; 0: none
+    precision: str = "auto"  # auto | float32 | bf16 (bf16: the forward pass under bfloat16 autocast)
     val_size: int = 5000
     seed: int = 0
     dry_run: bool = False  # one batch per epoch: a quick check that everything runs
@@ -94,6 +98,8 @@ class TrainConfig:
             raise UsageError(f"--optimizer must be adamw or sgd, got {self.optimizer!r}.")
         if self.schedule not in SCHEDULES:
             raise UsageError(f"--schedule must be onecycle or constant, got {self.schedule!r}.")
+        if self.precision not in PRECISIONS:
+            raise UsageError(f"--precision must be auto, float32 or bf16, got {self.precision!r}.")
 
     @classmethod
     def for_budget(cls, epochs: int | None = None, **settings: Any) -> "TrainConfig":
@@ -145,7 +151,7 @@ SHORT_RUN_EPOCHS = 2
 SHORT_RUN: dict[str, Any] = {"batch_size": 128, "lr": 1e-2, "label_smoothing": 0.1}
 
 # What a file that predates a field ran with (not the field's default, which may have changed since).
-LEGACY_VALUES: dict[str, Any] = {"ema_decay": 0.0, "elastic": 0.0, "stroke": 0.0}
+LEGACY_VALUES: dict[str, Any] = {"ema_decay": 0.0, "elastic": 0.0, "stroke": 0.0, "precision": "float32"}
 
 
 @dataclass(frozen=True)

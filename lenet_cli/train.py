@@ -39,6 +39,7 @@ from lenet_cli.recipe import (
     build_optimizer,
     build_schedule,
     keep_freed_memory,
+    resolve_precision,
     seed_everything,
     train_step,
 )
@@ -336,6 +337,7 @@ def train(
     from lenet_cli.model import count_parameters, preset_config
 
     cfg.validate()
+    cfg = resolve_precision(cfg, device)  # callers that record the config resolve it first (api.train does)
     events, stop = events or Events(), stop or StopSignal()
     try:
         model_cfg = preset_config(cfg.preset)

@@ -1,4 +1,4 @@
-"""The recipe's levers: the weights' moving average (--ema), the short-run recipe, --tta."""
+"""The recipe's levers: the weights' moving average (--ema), the short-run recipe, --tta, --precision."""
 
 from __future__ import annotations
 
@@ -69,9 +69,9 @@ def test_a_checkpoint_without_its_average_is_a_clear_error(splits, tmp_path):
 
 def test_files_from_before_the_average_existed_ran_without_one():
     data = TrainConfig().to_dict("auto")
-    del data["ema_decay"], data["stroke"]
+    del data["ema_decay"], data["stroke"], data["precision"]
     cfg = TrainConfig.from_dict(data)
-    assert (cfg.ema_decay, cfg.stroke) == (0.0, 0.0)
+    assert (cfg.ema_decay, cfg.stroke, cfg.precision) == (0.0, 0.0, "float32")
 
 
 def test_short_runs_take_their_own_recipe_and_options_still_win():
@@ -184,9 +184,54 @@ def test_train_cli_passes_the_levers(monkeypatch):
 
     seen = []
     monkeypatch.setattr(api, "train", lambda request, events=None: seen.append(request) or (_ for _ in ()).throw(SystemExit(0)))
-    CliRunner().invoke(app, ["train", "--epochs", "1", "--ema", "0.99", "--elastic", "20", "--stroke", "0.5"])
+    CliRunner().invoke(app, ["train", "--epochs", "1", "--ema", "0.99", "--elastic", "20", "--stroke", "0.5",
+                             "--precision", "bf16"])
     (request,) = seen
     cfg = request.config
-    assert (cfg.ema_decay, cfg.elastic, cfg.stroke) == (0.99, 20.0, 0.5)
+    assert (cfg.ema_decay, cfg.elastic, cfg.stroke, cfg.precision) == (0.99, 20.0, 0.5, "bf16")
     assert (cfg.batch_size, cfg.lr, cfg.label_smoothing) == (SHORT_RUN["batch_size"], SHORT_RUN["lr"],
                                                               SHORT_RUN["label_smoothing"])
+
+
+BF16 = TrainConfig(epochs=2, batch_size=64, val_size=100, seed=3, precision="bf16")
+
+
+def test_precision_auto_is_bf16_only_on_a_cpu_with_amx(monkeypatch):
+    from lenet_cli import recipe
+
+    for amx, want in ((True, "bf16"), (False, "float32")):
+        monkeypatch.setattr(recipe, "cpu_has_amx", lambda amx=amx: amx)
+        assert recipe.resolve_precision(TrainConfig(), CPU).precision == want
+        # Not measured on GPUs: float32 there; an explicit choice is kept as given.
+        assert recipe.resolve_precision(TrainConfig(), torch.device("meta")).precision == "float32"
+        assert recipe.resolve_precision(TrainConfig(precision="float32"), CPU).precision == "float32"
+        assert recipe.resolve_precision(BF16, torch.device("meta")).precision == "bf16"
+
+
+def test_a_bf16_run_is_deterministic_differs_from_float32_and_resumes_exactly(splits, tmp_path):
+    # bfloat16 autocast runs on any CPU (slowly without AMX): these hold on every machine.
+    first, again = train(BF16, *splits, CPU), train(BF16, *splits, CPU)
+    fp32 = train(TrainConfig(**{**BF16.__dict__, "precision": "float32"}), *splits, CPU)
+    for k, v in first.last_state.items():
+        assert torch.equal(v, again.last_state[k]), k
+        assert v.dtype == fp32.last_state[k].dtype, k  # the weights stay float32
+    assert any(not torch.equal(v, fp32.last_state[k]) for k, v in first.last_state.items() if v.is_floating_point())
+    stop, ckpt = StopSignal(), tmp_path / CHECKPOINT_NAME
+    train(BF16, *splits, CPU, StopAt(stop, 1, 2), stop=stop, on_checkpoint=lambda s: save_checkpoint(ckpt, s))
+    state = load_checkpoint(ckpt)
+    assert state.config.precision == "bf16"
+    resumed = train(state.config, *splits, CPU, resume=state)
+    for k, v in first.last_state.items():
+        assert torch.equal(v, resumed.last_state[k]), k
+
+
+def test_train_records_the_precision_that_ran(tiny_mnist, tmp_path, monkeypatch):
+    from lenet_cli import recipe
+
+    monkeypatch.setattr(recipe, "cpu_has_amx", lambda: True)
+    out = tmp_path / "run"
+    result = CliRunner().invoke(app, ["train", "--epochs", "1", "--dry-run", "--val-size", "100", "--data-dir",
+                                      str(tiny_mnist), "--no-download", "-o", str(out), "--json"])
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.stdout)["config"]["precision"] == "bf16"
+    assert load_checkpoint(out / CHECKPOINT_NAME).config.precision == "bf16"

@@ -36,6 +36,7 @@ from lenet_cli.errors import DivergedError, OutputError, UsageError
 from lenet_cli.evaluate import EvalResult, metrics_from_logits, torch_logits
 from lenet_cli.events import Events
 from lenet_cli.fileio import ensure_dir
+from lenet_cli.recipe import resolve_precision
 from lenet_cli.records import TrainConfig, TrainResult, TrainState
 from lenet_cli.runs import checkpoint_path, new_run_dir, resume_command, run_files, run_lock, save_run
 from lenet_cli.signals import StopSignal
@@ -220,6 +221,7 @@ def _train_in(out_dir: Path, request: TrainRequest, cfg: TrainConfig, spec: Devi
     from lenet_cli.kernels import speed_up  # kernels.py imports torch
 
     device = device if device is not None else resolve_device(spec)
+    cfg = resolve_precision(cfg, device)  # --precision auto, made concrete here so the files record what ran
     train_split, val_split, test = _load_training_data(request, cfg, events)
     checkpoint = checkpoint_path(out_dir)
     launcher = relaunch_prefix(ctx)

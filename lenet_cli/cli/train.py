@@ -79,6 +79,9 @@ def train(
     ema: Annotated[float, typer.Option("--ema", help="Keep an exponential moving average of the weights with this "
                                        "per-step decay (e.g. 0.999) and save it as the result; 0: off.",
                                        min=0.0, max=0.9999)] = D.ema_decay,
+    precision: Annotated[str, typer.Option(
+        "--precision", help="auto | float32 | bf16: bf16 runs the forward pass under bfloat16 autocast. auto: bf16 "
+                            "on CPUs with AMX (faster at the same accuracy), float32 elsewhere.")] = D.precision,
     dry_run: Annotated[bool, typer.Option("--dry-run", help="One batch per epoch, to check that everything runs.")] = D.dry_run,
     no_download: NoDownloadOpt = False,
     resume: Annotated[
@@ -104,7 +107,8 @@ def train(
     # Unset options (None) take the recipe's default for this many epochs.
     cfg = TrainConfig.for_budget(epochs, preset=arch, batch_size=batch_size, lr=lr, weight_decay=weight_decay,
                                  optimizer=optimizer, label_smoothing=label_smoothing, ema_decay=ema,
-                                 elastic=elastic, stroke=stroke, augment=augment, val_size=val_size, seed=seed, dry_run=dry_run)
+                                 elastic=elastic, stroke=stroke, augment=augment, val_size=val_size, seed=seed,
+                                 precision=precision, dry_run=dry_run)
     request = api.TrainRequest(config=cfg, device=device_spec(device), data_dir=data_dir, output_dir=output_dir,
                                allow_download=not no_download, resume=resume, exist_ok=exist_ok)
     with RichEvents() as events:
@@ -132,7 +136,7 @@ def render(report: api.TrainReport) -> None:
     out.print(epoch_table(result.history, result.best_epoch))
     out.print(key_value_table("Result", [
         ("preset", f"{report.config.preset} ({result.param_count:,} parameters)"),
-        ("device", report.device_name),
+        ("device", f"{report.device_name}, {report.config.precision}"),
         ("training time", f"{result.train_seconds:.1f}s"),
         ("best epoch", f"{result.best_epoch} (validation accuracy {pct(best.val_acc) if best else 'n/a'})"),
         ("test accuracy", f"{pct(test.accuracy)}  ({test.count - test.correct} errors of {test.count:,})"),
