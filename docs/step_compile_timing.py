@@ -1,11 +1,13 @@
-"""Does torch.compile pay for itself on lenet's training step? Times `recipe.train_step` three ways.
+"""Do torch.compile and bf16 autocast pay on lenet's training step? Times `recipe.train_step` several ways.
 
-    python docs/step_compile_timing.py [--batch-size 256] [--steps 40] [--rounds 5]
+    python docs/step_compile_timing.py [--batch-size 256] [--steps 40] [--rounds 5] [--ways WAY ...]
 
 Each way runs in its own fresh process (compiled code and thread pools stay out of each other's
 figures): `eager`, the step `lenet train` runs on the CPU (the model through `kernels.speed_up`);
 `compile-plain`, the plain model from `model.py` under `torch.compile`; `compile-kernels`, the
-CPU paths under `torch.compile`. The same step function (augmentation, forward, loss, backward,
+CPU paths under `torch.compile`; `eager-bf16`, the eager step with `--precision bf16` (the
+forward pass under bfloat16 autocast); `plain` and `plain-bf16`, the plain model without the CPU
+paths, in float32 and in bf16. The same step function (augmentation, forward, loss, backward,
 fused AdamW, schedule) on a random batch of MNIST's shape. Prints the seconds the first three steps
 took (compiling, for the compiled ways, from an empty compile cache) and milliseconds per step over `--rounds` rounds of
 `--steps` steps (min, median, max). Run it on a quiet machine.
@@ -24,18 +26,6 @@ import time
 WAYS = ("eager", "compile-plain", "compile-kernels", "eager-bf16", "plain", "plain-bf16")
 
 
-class Bf16Autocast:
-    """Calls `net` under CPU bf16 autocast (convolutions and matmuls in bf16, the loss in float32)."""
-
-    def __init__(self, net):
-        self.net = net
-
-    def __call__(self, x):
-        import torch
-
-        with torch.autocast("cpu", dtype=torch.bfloat16):
-            return self.net(x).float()
-
 
 def measure(way: str, batch_size: int, steps: int, rounds: int) -> None:
     """Time one way in this process and print one line."""
@@ -47,15 +37,16 @@ def measure(way: str, batch_size: int, steps: int, rounds: int) -> None:
     from lenet_cli.records import TrainConfig
 
     torch.manual_seed(0)
-    cfg = TrainConfig(batch_size=batch_size)
+    # The ways ending in -bf16 run train_step's bfloat16 autocast (--precision bf16); the rest float32.
+    cfg = TrainConfig(batch_size=batch_size, precision="bf16" if way.endswith("-bf16") else "float32")
     device = torch.device("cpu")
     model = build_model(cfg.preset)
     net = {"eager": lambda: speed_up(model, device),
            "compile-plain": lambda: torch.compile(model),
            "compile-kernels": lambda: torch.compile(speed_up(model, device)),
-           "eager-bf16": lambda: Bf16Autocast(speed_up(model, device)),
+           "eager-bf16": lambda: speed_up(model, device),
            "plain": lambda: model,
-           "plain-bf16": lambda: Bf16Autocast(model)}[way]()
+           "plain-bf16": lambda: model}[way]()
     opt = build_optimizer(model, cfg, device)
     sched = build_schedule(opt, cfg, steps * rounds + 3)
     gen = torch.Generator().manual_seed(0)

@@ -124,6 +124,7 @@ class TrainingResult:
     epoch_fraction: float = 1.0  # images / TRAIN_EPOCH_IMAGES
     data: str = "synthetic"  # or "mnist": MNIST's training images
     pids: tuple[int, ...] = ()
+    precision: str = "float32"  # of the forward pass: lenet's is what `lenet train --precision auto` picks
 
 
 @dataclass(frozen=True)
@@ -351,7 +352,7 @@ def summarize_training(pipeline: str, answers: list[dict[str, Any]], peak: float
         pipeline, first["device"], first["batch_size"], ips, s["median"], first["steps"], gflops,
         gflops / peak if peak else None, len(answers), s["min"], s["max"], TRAIN_EPOCH_IMAGES / s["max"],
         TRAIN_EPOCH_IMAGES / s["min"], first["images"], first["images"] / TRAIN_EPOCH_IMAGES, first["data"],
-        tuple(a["pid"] for a in answers))
+        tuple(a["pid"] for a in answers), first.get("precision", "float32"))
 
 
 # ------------------------------------------------------------------ the run

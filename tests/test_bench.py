@@ -45,6 +45,11 @@ def test_each_measurement_and_repeat_runs_in_a_fresh_process():
     for t in payload["training"]:
         assert t["seconds_per_epoch_min"] <= t["seconds_per_epoch"] <= t["seconds_per_epoch_max"]
         assert t["images_per_s_min"] == pytest.approx(55_000 / t["seconds_per_epoch_max"])
+        assert t["precision"] in ("float32", "bf16")
+    from lenet_cli.recipe import cpu_has_amx
+
+    lenet_row = next(t for t in payload["training"] if t["pipeline"] == "lenet")
+    assert lenet_row["precision"] == ("bf16" if cpu_has_amx() else "float32")
     lo, mid, hi = (payload[f"training_speedup_vs_tutorial{s}"] for s in ("_min", "", "_max"))
     assert lo <= mid <= hi
     # The table says what was measured: repeats, and the scaled fraction of an epoch.

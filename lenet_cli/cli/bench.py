@@ -112,10 +112,11 @@ def render(report: api.BenchReport) -> None:
     else:
         what = f"one whole epoch of {epoch} images"
     train = columns_table(f"Training: {what}, {each}",
-                          ("pipeline", "device", "batch", "s/epoch min", "median", "max", "images/s", "GFLOP/s",
+                          ("pipeline", "device", "batch", "precision", "s/epoch min", "median", "max", "images/s", "GFLOP/s",
                            "of peak", "data"), first_left=True)
     for t in data["training"]:
         train.add_row(PIPELINE_LABELS.get(t["pipeline"], t["pipeline"]), t["device"], str(t["batch_size"]),
+                      t.get("precision", "float32"),
                       f"{t['seconds_per_epoch_min']:.2f}", f"{t['seconds_per_epoch']:.2f}",
                       f"{t['seconds_per_epoch_max']:.2f}", f"{t['images_per_s']:,.0f}", f"{t['gflops']:,.1f}",
                       _peak(t.get("fraction_of_peak")), t["data"])
