@@ -112,7 +112,7 @@ def render(report: api.BenchReport) -> None:
     else:
         what = f"one whole epoch of {epoch} images"
     train = columns_table(f"Training: {what}, {each}",
-                          ("pipeline", "device", "batch", "precision", "s/epoch min", "median", "max", "images/s", "GFLOP/s",
+                          ("pipeline", "device", "batch", "dtype", "s/epoch min", "median", "max", "images/s", "GFLOP/s",
                            "of peak", "data"), first_left=True)
     for t in data["training"]:
         train.add_row(PIPELINE_LABELS.get(t["pipeline"], t["pipeline"]), t["device"], str(t["batch_size"]),
