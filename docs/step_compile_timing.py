@@ -16,8 +16,8 @@ took (compiling, for the compiled ways, from an empty compile cache) and millise
 from __future__ import annotations
 
 import argparse
-import statistics
 import os
+import statistics
 import subprocess
 import sys
 import tempfile

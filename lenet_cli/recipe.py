@@ -91,7 +91,6 @@ def jitter_stroke(x: "torch.Tensor", strength: float, gen: "torch.Generator") ->
     MNIST's strokes are 2-3 pixels wide; pens, scanners and the drawing page vary that.
     """
     import torch
-    import torch.nn.functional as F
 
     t = (torch.rand(x.shape[0], generator=gen) * 2 - 1).mul_(strength).to(x.device, x.dtype).view(-1, 1, 1, 1)
     dilated, eroded = max3x3(x), -max3x3(-x)
