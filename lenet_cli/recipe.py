@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import ctypes
 import dataclasses
+import functools
 import math
 import sys
 from typing import TYPE_CHECKING, Any
@@ -177,6 +178,7 @@ def build_ema(model: "torch.nn.Module", cfg: TrainConfig) -> Any:
     return AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(cfg.ema_decay), use_buffers=True)
 
 
+@functools.cache
 def cpu_has_amx() -> bool:
     """Whether this CPU has AMX tiles, where oneDNN runs bfloat16 convolutions and matmuls natively.
 
@@ -219,9 +221,8 @@ def train_step(net: "torch.nn.Module", opt: "torch.optim.Optimizer", sched: Any,
     x = x.unsqueeze(1).float()  # (B, 1, 28, 28) raw pixels 0-255
     if cfg.augment:
         x = augment_batch(x, cfg, gen)
-    if cfg.precision == "auto":
-        raise ValueError("train_step needs a concrete precision: pass the config through resolve_precision")
-    if cfg.precision == "bf16":
+    # Callers that record the config resolve "auto" first (api.train); this keeps a direct call right too.
+    if resolve_precision(cfg, x.device).precision == "bf16":
         import torch
 
         # Convolutions and matmuls in bfloat16 (AMX runs them natively); the loss and the
