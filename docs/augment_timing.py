@@ -35,7 +35,7 @@ def main() -> None:
     )
     from lenet_cli.records import TrainConfig
 
-    cfg = TrainConfig(batch_size=args.batch_size)
+    cfg = TrainConfig(batch_size=args.batch_size, precision="float32")  # the same step on every CPU
     b = args.batch_size
     x = torch.randint(0, 256, (b, 28, 28), dtype=torch.uint8)
     y = torch.randint(0, 10, (b,))

@@ -264,7 +264,8 @@ def time_to_accuracy(device: str, data_dir: str, timeout: float) -> dict[str, An
         raise BenchError(f"`lenet train --epochs 1` gave no test accuracy in its JSON report (pid {pid}).")
     accuracy = float(answer["test_accuracy"])
     return {"command": "lenet train --epochs 1", "epochs": 1, "seed": answer["config"]["seed"],
-            "batch_size": answer["config"]["batch_size"], "target": ACCURACY_TARGET,
+            "batch_size": answer["config"]["batch_size"], "precision": answer["config"].get("precision", "float32"),
+            "target": ACCURACY_TARGET,
             "train_seconds": float(answer["train_seconds"]), "wall_seconds": wall, "test_accuracy": accuracy,
             "reached": accuracy >= ACCURACY_TARGET, "pid": pid}
 

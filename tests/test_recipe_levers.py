@@ -19,6 +19,7 @@ from lenet_cli.errors import WeightsError
 from lenet_cli.records import SHORT_RUN, TrainConfig
 from lenet_cli.signals import StopSignal
 from lenet_cli.train import train
+from lenet_cli.weights import read_info
 from lenet_cli.tta import SHIFTS, shifted, tta_logits
 
 CPU = torch.device("cpu")
@@ -235,3 +236,9 @@ def test_train_records_the_precision_that_ran(tiny_mnist, tmp_path, monkeypatch)
     assert result.exit_code == 0, result.output
     assert json.loads(result.stdout)["config"]["precision"] == "bf16"
     assert load_checkpoint(out / CHECKPOINT_NAME).config.precision == "bf16"
+    info, _ = read_info(out / "best.safetensors")
+    assert info.training["precision"] == "bf16"
+    # A resumed run keeps its precision: asking for another one is a clash, not a silent switch.
+    again = CliRunner().invoke(app, ["train", "--resume", str(out), "--precision", "float32", "--data-dir",
+                                     str(tiny_mnist), "--no-download"])
+    assert again.exit_code == 2 and "--precision" in again.output

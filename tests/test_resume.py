@@ -20,6 +20,7 @@ from lenet_cli.data import load_split, train_val_split
 from lenet_cli.errors import WeightsError
 from lenet_cli.events import Events
 from lenet_cli.model import build_model
+from lenet_cli.recipe import resolve_precision
 from lenet_cli.records import TrainConfig
 from lenet_cli.signals import StopSignal
 from lenet_cli.train import train
@@ -102,7 +103,10 @@ def test_checkpoint_is_safetensors_without_pickle(splits, tmp_path):
     ends = [v["data_offsets"][1] for k, v in header.items() if k != "__metadata__"]
     assert 8 + n + max(ends) == len(raw)
     # The device stays under "config" (as in every earlier checkpoint) though it is not part of the recipe.
-    assert json.loads(header["__metadata__"]["lenet_checkpoint"])["config"] == CFG.to_dict() | {"epochs": 1, "device": "auto"}
+    # The config is the one that ran: --precision auto made concrete for this CPU.
+    ran = resolve_precision(CFG, CPU).to_dict()
+    assert ran["precision"] in ("float32", "bf16")
+    assert json.loads(header["__metadata__"]["lenet_checkpoint"])["config"] == ran | {"epochs": 1, "device": "auto"}
 
 
 def _rewrite_header(path: Path, edit) -> None:

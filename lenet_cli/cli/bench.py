@@ -131,7 +131,8 @@ def render(report: api.BenchReport) -> None:
     tta = data.get("time_to_accuracy")
     if tta:
         verdict = "reached" if tta["reached"] else "did not reach"
-        out.print(f"`{tta['command']}` (seed {tta['seed']}): {tta['test_accuracy']:.2%} test accuracy after "
+        out.print(f"`{tta['command']}` (seed {tta['seed']}, {tta.get('precision', 'float32')}): "
+                  f"{tta['test_accuracy']:.2%} test accuracy after "
                   f"{tta['train_seconds']:.1f} s of training ({tta['wall_seconds']:.1f} s wall, its own process): "
                   f"{verdict} {tta['target']:.1%}.")
     for k, v in data.get("skipped", {}).items():
