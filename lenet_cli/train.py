@@ -349,6 +349,7 @@ def train(
         raise UsageError("The training set is empty.")
     run = _Run(cfg, model_cfg, train_split, val_split, device, resume, dist)
     events.on_start({"preset": cfg.preset, "epochs": cfg.epochs, "device": describe_device(device),
+                     "precision": cfg.precision,
                      "param_count": count_parameters(run.model), "train_size": run.n,
                      "val_size": int(run.x_val.shape[0]), "steps_per_epoch": run.steps, "history": list(run.history),
                      "resumed_from": (run.start_epoch, run.start_step) if resume is not None else None})

@@ -242,3 +242,8 @@ def test_train_records_the_precision_that_ran(tiny_mnist, tmp_path, monkeypatch)
     again = CliRunner().invoke(app, ["train", "--resume", str(out), "--precision", "float32", "--data-dir",
                                      str(tiny_mnist), "--no-download"])
     assert again.exit_code == 2 and "--precision" in again.output
+    # The start line says when the forward pass runs in bf16.
+    shown = CliRunner().invoke(app, ["train", "--epochs", "1", "--dry-run", "--val-size", "100", "--data-dir",
+                                     str(tiny_mnist), "--no-download", "-o", str(tmp_path / "shown")])
+    assert shown.exit_code == 0, shown.output
+    assert ", bf16 autocast:" in shown.output

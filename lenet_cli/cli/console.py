@@ -188,7 +188,8 @@ class RichEvents(Events):
             TimeElapsedColumn(), TextColumn("left"), TimeRemainingColumn(), console=err)
         self.history, self.epochs = list(info.get("history", [])), info["epochs"]
         err.print(
-            f"Training LeNet-5 '{info['preset']}' ({info['param_count']:,} parameters) on {info['device']}: "
+            f"Training LeNet-5 '{info['preset']}' ({info['param_count']:,} parameters) on {info['device']}"
+            f"{', bf16 autocast' if info.get('precision') == 'bf16' else ''}: "
             f"{info['train_size']:,} train / {info['val_size']:,} validation images, "
             f"{_count(self.epochs, 'epoch')} of {_count(info['steps_per_epoch'], 'step')}.",
             soft_wrap=True,
