@@ -26,7 +26,6 @@ import time
 WAYS = ("eager", "compile-plain", "compile-kernels", "eager-bf16", "plain", "plain-bf16")
 
 
-
 def measure(way: str, batch_size: int, steps: int, rounds: int) -> None:
     """Time one way in this process and print one line."""
     import torch
@@ -44,9 +43,7 @@ def measure(way: str, batch_size: int, steps: int, rounds: int) -> None:
     net = {"eager": lambda: speed_up(model, device),
            "compile-plain": lambda: torch.compile(model),
            "compile-kernels": lambda: torch.compile(speed_up(model, device)),
-           "eager-bf16": lambda: speed_up(model, device),
-           "plain": lambda: model,
-           "plain-bf16": lambda: model}[way]()
+           "plain": lambda: model}[way.removesuffix("-bf16")]()
     opt = build_optimizer(model, cfg, device)
     sched = build_schedule(opt, cfg, steps * rounds + 3)
     gen = torch.Generator().manual_seed(0)

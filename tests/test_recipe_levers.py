@@ -19,8 +19,8 @@ from lenet_cli.errors import WeightsError
 from lenet_cli.records import SHORT_RUN, TrainConfig
 from lenet_cli.signals import StopSignal
 from lenet_cli.train import train
-from lenet_cli.weights import read_info
 from lenet_cli.tta import SHIFTS, shifted, tta_logits
+from lenet_cli.weights import read_info
 
 CPU = torch.device("cpu")
 EMA = TrainConfig(epochs=2, batch_size=64, val_size=100, seed=3, ema_decay=0.9)
