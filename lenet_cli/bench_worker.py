@@ -140,8 +140,9 @@ def _training_images(job: dict[str, Any], cfg: TrainConfig) -> tuple[Any, Any, s
 def lenet_epoch(job: dict[str, Any]) -> dict[str, Any]:
     """One epoch of lenet's training as `lenet train` runs it: the data on the device, batches drawn by index
     from a fresh permutation, `recipe.train_step` (augmentation, forward, loss, backward, optimizer,
-    schedule) with the default TrainConfig. Not timed: the loop's bookkeeping of the running loss and
-    the validation pass (the tutorial's epoch has neither).
+    schedule) with the default TrainConfig, on augmented digits (every epoch but the last --clean-epochs
+    is; those cost a little less). Not timed: the loop's bookkeeping of the running loss and the
+    validation pass (the tutorial's epoch has neither).
     """
     import torch
 

@@ -69,6 +69,9 @@ class TrainConfig:
     max_scale: float = 0.08  # +/- fraction
     elastic: float = 0.0  # strength (alpha) of Simard-style elastic distortion; 0: none
     stroke: float = 0.0  # stroke-width jitter: up to this fraction of a 3x3 dilation or erosion; 0: none
+    # The last this many epochs train on the digits as they are: the weights and batch-norm statistics
+    # settle on undistorted digits, like the ones they will see (won on validation, README).
+    clean_epochs: int = 2
     precision: str = "auto"  # auto | float32 | bf16 (bf16: the forward pass under bfloat16 autocast)
     val_size: int = 5000
     seed: int = 0
@@ -90,6 +93,8 @@ class TrainConfig:
             raise UsageError(f"--elastic must be a number >= 0, got {self.elastic}.")
         if not 0 <= self.stroke <= 1:
             raise UsageError(f"--stroke must be in [0, 1], got {self.stroke}.")
+        if self.clean_epochs < 0:
+            raise UsageError(f"--clean-epochs must be >= 0, got {self.clean_epochs}.")
         if not 0 <= self.ema_decay < 1:
             raise UsageError(f"--ema must be in [0, 1), got {self.ema_decay}.")
         if self.val_size < 0:
@@ -101,15 +106,22 @@ class TrainConfig:
         if self.precision not in PRECISIONS:
             raise UsageError(f"--precision must be auto, float32 or bf16, got {self.precision!r}.")
 
+    def augments(self, epoch: int) -> bool:
+        """Whether epoch `epoch` (from 1) trains on augmented digits: every epoch but the last `clean_epochs`."""
+        return self.augment and epoch <= self.epochs - self.clean_epochs
+
     @classmethod
     def for_budget(cls, epochs: int | None = None, **settings: Any) -> "TrainConfig":
         """The recipe for an epoch budget: SHORT_RUN's settings for runs of 1-2 epochs, then `settings`.
 
-        Settings passed as None take the budget's default, so a command line's unset options do.
+        The last `clean_epochs` (2) epochs train unaugmented, but never the first: a 2-epoch run
+        leaves one, a 1-epoch run none. Settings passed as None take the budget's default, so a
+        command line's unset options do.
         """
         epochs = cls.epochs if epochs is None else epochs
         given = {k: v for k, v in settings.items() if v is not None}
         budget = SHORT_RUN if epochs <= SHORT_RUN_EPOCHS else {}
+        budget = budget | {"clean_epochs": min(cls.clean_epochs, epochs - 1)}
         return cls(epochs=epochs, **(budget | given))
 
     def to_dict(self, device: str | None = None) -> dict[str, Any]:
@@ -151,7 +163,8 @@ SHORT_RUN_EPOCHS = 2
 SHORT_RUN: dict[str, Any] = {"batch_size": 128, "lr": 1e-2, "label_smoothing": 0.1}
 
 # What a file that predates a field ran with (not the field's default, which may have changed since).
-LEGACY_VALUES: dict[str, Any] = {"ema_decay": 0.0, "elastic": 0.0, "stroke": 0.0, "precision": "float32"}
+LEGACY_VALUES: dict[str, Any] = {"ema_decay": 0.0, "elastic": 0.0, "stroke": 0.0, "precision": "float32",
+                                 "clean_epochs": 0}
 
 
 @dataclass(frozen=True)

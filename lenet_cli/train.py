@@ -119,12 +119,13 @@ class _Run:
         self.result_model = self.model if self.ema is None else self.ema.module
         self.gen = torch.Generator().manual_seed(cfg.seed)  # CPU generator: device-independent shuffling
         self.step_net, self.step_cfg = self.net, cfg
+        self.clean_cfg = dataclasses.replace(cfg, augment=False)  # the steps of the last --clean-epochs epochs
         if dist.active:
             check_shardable(self.n, self.bs, dist.world_size)
             self.weight = ShardWeight(1.0 / dist.world_size)
             self.step_net = wrap_ddp(self.net, device, self.weight)
             # _shard_step augments the global batch itself (see there); train_step must not do it again.
-            self.step_cfg = dataclasses.replace(cfg, augment=False)
+            self.step_cfg = self.clean_cfg
         self.history: list[EpochRecord] = []
         self.best_score, self.best_epoch = -1.0, 0
         self.best_state: dict[str, torch.Tensor] = {}
@@ -194,13 +195,15 @@ class _Run:
         # anyway (progress, a stop, the epoch's end), and this says at which step it began.
         losses = torch.zeros(self.steps, device=self.device, dtype=torch.float32)
         checked, stopped_at = first, None
+        augment = self.cfg.augments(epoch)
+        cfg = self.cfg if augment else self.clean_cfg
         for step in range(first, self.steps):
             idx = perm[step * self.bs : (step + 1) * self.bs]
             if self.dist.active:
-                loss, logits, y = self._shard_step(idx)
+                loss, logits, y = self._shard_step(idx, augment)
             else:
                 y = self.y_train[idx]
-                loss, logits = train_step(self.net, self.opt, self.sched, self.x_train[idx], y, self.cfg, self.gen,
+                loss, logits = train_step(self.net, self.opt, self.sched, self.x_train[idx], y, cfg, self.gen,
                                           self.ema)
             # Accumulate on the device; a .item() per step would synchronise the GPU every step.
             losses[step] = loss
@@ -224,11 +227,11 @@ class _Run:
             totals = sum_over_ranks(totals, self.device)
         return stopped_at, [*totals, carried + time.perf_counter() - start]
 
-    def _shard_step(self, idx: "torch.Tensor") -> tuple["torch.Tensor", "torch.Tensor", "torch.Tensor"]:
+    def _shard_step(self, idx: "torch.Tensor", augment: bool) -> tuple["torch.Tensor", "torch.Tensor", "torch.Tensor"]:
         """This process's train_step on its slice of the global batch `idx`; also returns the slice's labels."""
         lo, hi = shard(idx.shape[0], self.dist.rank, self.dist.world_size)
         x = self.x_train[idx]
-        if self.cfg.augment:
+        if augment:
             # Augmentation is drawn for the whole global batch, then sliced: every process's generator
             # draws what a single process draws (the next shuffle agrees everywhere), and each image gets
             # the warp it gets in a single-process run of the same seed, whatever the number of processes.

@@ -1,4 +1,5 @@
-"""The recipe's levers: the weights' moving average (--ema), the short-run recipe, --tta, --precision."""
+"""The recipe's levers: the weights' moving average (--ema), the short-run recipe, --tta, --precision,
+--clean-epochs."""
 
 from __future__ import annotations
 
@@ -15,7 +16,8 @@ from typer.testing import CliRunner
 from lenet_cli.checkpoint import CHECKPOINT_NAME, load_checkpoint, save_checkpoint
 from lenet_cli.cli.app import app
 from lenet_cli.data import load_split, train_val_split
-from lenet_cli.errors import WeightsError
+from lenet_cli.errors import UsageError, WeightsError
+from lenet_cli.events import Events
 from lenet_cli.records import SHORT_RUN, TrainConfig
 from lenet_cli.signals import StopSignal
 from lenet_cli.train import train
@@ -23,7 +25,8 @@ from lenet_cli.tta import SHIFTS, shifted, tta_logits
 from lenet_cli.weights import read_info
 
 CPU = torch.device("cpu")
-EMA = TrainConfig(epochs=2, batch_size=64, val_size=100, seed=3, ema_decay=0.9)
+# clean_epochs=0: both epochs augmented, as in a long run (the default would leave none augmented here).
+EMA = TrainConfig(epochs=2, batch_size=64, val_size=100, seed=3, ema_decay=0.9, clean_epochs=0)
 
 
 @pytest.fixture(scope="module")
@@ -70,9 +73,9 @@ def test_a_checkpoint_without_its_average_is_a_clear_error(splits, tmp_path):
 
 def test_files_from_before_the_average_existed_ran_without_one():
     data = TrainConfig().to_dict("auto")
-    del data["ema_decay"], data["stroke"], data["precision"]
+    del data["ema_decay"], data["stroke"], data["precision"], data["clean_epochs"]
     cfg = TrainConfig.from_dict(data)
-    assert (cfg.ema_decay, cfg.stroke, cfg.precision) == (0.0, 0.0, "float32")
+    assert (cfg.ema_decay, cfg.stroke, cfg.precision, cfg.clean_epochs) == (0.0, 0.0, "float32", 0)
 
 
 def test_short_runs_take_their_own_recipe_and_options_still_win():
@@ -81,6 +84,36 @@ def test_short_runs_take_their_own_recipe_and_options_still_win():
     assert TrainConfig.for_budget(15) == TrainConfig()
     assert TrainConfig.for_budget(1, batch_size=32, lr=None).batch_size == 32
     assert TrainConfig.for_budget(1, batch_size=32, lr=None).lr == SHORT_RUN["lr"]
+    # The last two epochs are unaugmented, but never the first: one of two, none of one.
+    assert [TrainConfig.for_budget(e).clean_epochs for e in (1, 2, 3, 15)] == [0, 1, 2, 2]
+    assert TrainConfig.for_budget(15, clean_epochs=5).clean_epochs == 5
+
+
+def test_clean_epochs_are_the_last_ones_and_only_where_augmenting():
+    cfg = TrainConfig(epochs=5, clean_epochs=2)
+    assert [cfg.augments(e) for e in range(1, 6)] == [True, True, True, False, False]
+    assert not any(TrainConfig(epochs=5, augment=False).augments(e) for e in range(1, 6))
+    assert not any(TrainConfig(epochs=2, clean_epochs=3).augments(e) for e in range(1, 3))
+    assert all(TrainConfig(epochs=2, clean_epochs=0).augments(e) for e in range(1, 3))
+    with pytest.raises(UsageError):
+        TrainConfig(clean_epochs=-1).validate()
+
+
+def test_the_loop_skips_augmentation_in_the_clean_epochs(splits, monkeypatch):
+    from lenet_cli import recipe
+
+    augmented = []  # the epoch of every augmented batch
+    real = recipe.augment_batch
+    monkeypatch.setattr(recipe, "augment_batch", lambda x, cfg, gen: augmented.append(len(epochs)) or real(x, cfg, gen))
+    epochs, steps = [], []
+
+    class Count(Events):
+        def on_epoch_start(self, epoch, n):
+            epochs.append(epoch)
+            steps.append(n)
+
+    train(TrainConfig(epochs=3, batch_size=128, val_size=100, seed=3, clean_epochs=2), *splits, CPU, Count())
+    assert epochs == [1, 2, 3] and set(augmented) == {1} and len(augmented) == steps[0] > 1
 
 
 @pytest.mark.parametrize("bad", ["-0.1", "1.0"])
@@ -186,15 +219,15 @@ def test_train_cli_passes_the_levers(monkeypatch):
     seen = []
     monkeypatch.setattr(api, "train", lambda request, events=None: seen.append(request) or (_ for _ in ()).throw(SystemExit(0)))
     CliRunner().invoke(app, ["train", "--epochs", "1", "--ema", "0.99", "--elastic", "20", "--stroke", "0.5",
-                             "--precision", "bf16"])
+                             "--precision", "bf16", "--clean-epochs", "1"])
     (request,) = seen
     cfg = request.config
-    assert (cfg.ema_decay, cfg.elastic, cfg.stroke, cfg.precision) == (0.99, 20.0, 0.5, "bf16")
+    assert (cfg.ema_decay, cfg.elastic, cfg.stroke, cfg.precision, cfg.clean_epochs) == (0.99, 20.0, 0.5, "bf16", 1)
     assert (cfg.batch_size, cfg.lr, cfg.label_smoothing) == (SHORT_RUN["batch_size"], SHORT_RUN["lr"],
                                                               SHORT_RUN["label_smoothing"])
 
 
-BF16 = TrainConfig(epochs=2, batch_size=64, val_size=100, seed=3, precision="bf16")
+BF16 = TrainConfig(epochs=2, batch_size=64, val_size=100, seed=3, precision="bf16", clean_epochs=0)
 
 
 def test_precision_auto_is_bf16_only_on_a_cpu_with_amx(monkeypatch):

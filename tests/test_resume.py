@@ -26,7 +26,8 @@ from lenet_cli.signals import StopSignal
 from lenet_cli.train import train
 
 CPU = torch.device("cpu")
-CFG = TrainConfig(epochs=3, batch_size=64, val_size=100, seed=3)
+# Epoch 1 is augmented, epochs 2 and 3 are --clean-epochs: the stops below resume into both kinds.
+CFG = TrainConfig(epochs=3, batch_size=64, val_size=100, seed=3, clean_epochs=2)
 
 
 @pytest.fixture(scope="module")

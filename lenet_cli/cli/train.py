@@ -66,11 +66,16 @@ def train(
     weight_decay: Annotated[float, typer.Option(help="AdamW/SGD weight decay.", min=0.0)] = D.weight_decay,
     optimizer: Annotated[str, typer.Option(help="adamw | sgd.")] = D.optimizer,
     augment: Annotated[bool, typer.Option("--augment/--no-augment",
-                                          help="Random rotation/scale/shift of training digits.")] = D.augment,
+                                          help="Random rotation/scale/shift of training digits (every epoch but the "
+                                               "last --clean-epochs).")] = D.augment,
     label_smoothing: Annotated[Optional[float], typer.Option(
         min=0.0, max=0.99, show_default=False,
         help=f"Cross-entropy label smoothing. Default: {D.label_smoothing:g}, or "
              f"{SHORT_RUN['label_smoothing']:g} for runs of at most {SHORT_RUN_EPOCHS} epochs.")] = None,
+    clean_epochs: Annotated[Optional[int], typer.Option(
+        "--clean-epochs", min=0, show_default=False,
+        help=f"Train the last N epochs on the digits as they are, without augmentation. Default: "
+             f"{D.clean_epochs}, and never the first epoch (1 of 2, 0 of 1).")] = None,
     elastic: Annotated[float, typer.Option("--elastic", min=0.0, help="Strength (alpha, in Simard et al.'s units) of "
                                            "elastic distortion of training digits; 0: none.")] = D.elastic,
     stroke: Annotated[float, typer.Option("--stroke", min=0.0, max=1.0, help="Stroke-width jitter: move each "
@@ -107,6 +112,7 @@ def train(
     # Unset options (None) take the recipe's default for this many epochs.
     cfg = TrainConfig.for_budget(epochs, preset=arch, batch_size=batch_size, lr=lr, weight_decay=weight_decay,
                                  optimizer=optimizer, label_smoothing=label_smoothing, ema_decay=ema,
+                                 clean_epochs=clean_epochs,
                                  elastic=elastic, stroke=stroke, augment=augment, val_size=val_size, seed=seed,
                                  precision=precision, dry_run=dry_run)
     request = api.TrainRequest(config=cfg, device=device_spec(device), data_dir=data_dir, output_dir=output_dir,
