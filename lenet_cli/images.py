@@ -45,7 +45,27 @@ MIN_CONTRAST = 0.06  # ink must differ from the background by ~15 grey levels
 # docs/predict_validation.py and the README for how many real digits and how much junk each flags):
 BLOB_DEPTH = 4  # 3x3 erosions a patch of ink survives: a solid 9x9 block, four times MNIST's stroke
 LINE_ASPECT = 0.5  # ink less than half as tall as it is wide: a dash or an underline
+# ... or ink spread along one axis (its standard deviation along it over LINE_ELONGATION times that
+# across) lying within LINE_TILT degrees of horizontal: a tilted dash, whose box is not flat.
+LINE_ELONGATION = 4.0
+LINE_TILT = 30.0
 NOT_A_DIGIT = "not a digit"  # the start of every shape note, for scripts
+
+
+def _tilted_line(ink: np.ndarray) -> bool:
+    """Whether the ink lies along one straight axis within LINE_TILT degrees of horizontal.
+
+    From the ink's second moments: the principal axis and the spread along and across it. A
+    steep line is how many people write a 1, so only near-horizontal ones count.
+    """
+    ys, xs = np.nonzero(ink)
+    if xs.size < 3:
+        return False
+    (across, along), axes = np.linalg.eigh(np.cov(np.stack([xs, ys]).astype(np.float64)))  # ascending
+    if along <= 0 or across * LINE_ELONGATION**2 > along:  # variances: the ratio of spreads, squared
+        return False
+    vx, vy = axes[:, 1]  # the principal axis
+    return bool(np.degrees(np.arctan2(abs(vy), abs(vx))) < LINE_TILT)
 
 
 def shape_notes(pixels: np.ndarray) -> list[str]:
@@ -61,7 +81,7 @@ def shape_notes(pixels: np.ndarray) -> list[str]:
         return [f"{NOT_A_DIGIT}: faint ink"]
     notes = []
     height, width = rows[-1] - rows[0] + 1, cols[-1] - cols[0] + 1
-    if height < LINE_ASPECT * width:
+    if height < LINE_ASPECT * width or _tilted_line(ink):
         notes.append(f"{NOT_A_DIGIT}: a flat line")
     solid = ink
     for _ in range(BLOB_DEPTH):

@@ -107,15 +107,18 @@ class TrainConfig:
             raise UsageError(f"--precision must be auto, float32 or bf16, got {self.precision!r}.")
 
     def augments(self, epoch: int) -> bool:
-        """Whether epoch `epoch` (from 1) trains on augmented digits: every epoch but the last `clean_epochs`."""
-        return self.augment and epoch <= self.epochs - self.clean_epochs
+        """Whether epoch `epoch` (from 1) trains on augmented digits: every epoch but the last `clean_epochs`.
+
+        The first epoch always is (a run with no augmented epoch at all is --no-augment's job).
+        """
+        return self.augment and (epoch == 1 or epoch <= self.epochs - self.clean_epochs)
 
     @classmethod
     def for_budget(cls, epochs: int | None = None, **settings: Any) -> "TrainConfig":
         """The recipe for an epoch budget: SHORT_RUN's settings for runs of 1-2 epochs, then `settings`.
 
-        The last `clean_epochs` (2) epochs train unaugmented, but never the first: a 2-epoch run
-        leaves one, a 1-epoch run none. Settings passed as None take the budget's default, so a
+        The last `clean_epochs` (2) epochs train unaugmented, but never the first (`augments`): a
+        2-epoch run records one, a 1-epoch run none. Settings passed as None take the budget's default, so a
         command line's unset options do.
         """
         epochs = cls.epochs if epochs is None else epochs

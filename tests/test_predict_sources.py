@@ -288,3 +288,25 @@ def test_url_error_summary_line(http_server):
     result = runner.invoke(app, ["predict", f"{http_server}/missing.png"])
     assert result.exit_code == 1
     assert f"{http_server}/missing.png: the server answered HTTP 404" in result.output
+
+
+def _line(angle: float, length: float = 18.0, width: float = 1.2) -> np.ndarray:
+    """A straight stroke through the centre of a 28x28 frame, `angle` degrees from horizontal."""
+    yy, xx = np.mgrid[0:28, 0:28] - 13.5
+    ux, uy = np.cos(np.radians(angle)), -np.sin(np.radians(angle))
+    along, across = xx * ux + yy * uy, -xx * uy + yy * ux
+    return np.where((abs(along) <= length / 2) & (abs(across) <= width), 255, 0).astype(np.uint8)
+
+
+@pytest.mark.parametrize("angle", [0, 15, -20, 25])
+def test_a_tilted_dash_is_a_flat_line_even_when_its_box_is_not(angle):
+    from lenet_cli.images import NOT_A_DIGIT, shape_notes
+
+    assert f"{NOT_A_DIGIT}: a flat line" in shape_notes(_line(angle))
+
+
+@pytest.mark.parametrize("angle", [60, 75, 90, -80])
+def test_a_steep_line_is_how_people_write_a_one_and_gets_no_note(angle):
+    from lenet_cli.images import shape_notes
+
+    assert shape_notes(_line(angle)) == []

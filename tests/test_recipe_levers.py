@@ -93,7 +93,9 @@ def test_clean_epochs_are_the_last_ones_and_only_where_augmenting():
     cfg = TrainConfig(epochs=5, clean_epochs=2)
     assert [cfg.augments(e) for e in range(1, 6)] == [True, True, True, False, False]
     assert not any(TrainConfig(epochs=5, augment=False).augments(e) for e in range(1, 6))
-    assert not any(TrainConfig(epochs=2, clean_epochs=3).augments(e) for e in range(1, 3))
+    # The first epoch is always augmented, whatever clean_epochs says.
+    assert [TrainConfig(epochs=2, clean_epochs=3).augments(e) for e in (1, 2)] == [True, False]
+    assert [TrainConfig(epochs=1).augments(1), TrainConfig(epochs=1, augment=False).augments(1)] == [True, False]
     assert all(TrainConfig(epochs=2, clean_epochs=0).augments(e) for e in range(1, 3))
     with pytest.raises(UsageError):
         TrainConfig(clean_epochs=-1).validate()
