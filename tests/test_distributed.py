@@ -100,6 +100,16 @@ def test_same_seed_same_weights(two_runs):
         assert_same(weights(a / name), weights(b / name))
 
 
+def test_the_clean_epochs_skip_augmentation_under_torchrun_too(two_runs, tiny_mnist, tmp_path):
+    """The default run's last 2 of 4 epochs are unaugmented; every epoch augmented gives other weights."""
+    folder = tmp_path / "augmented"
+    r = launch(["train", "--data-dir", str(tiny_mnist), "-o", str(folder), *TRAIN, "--clean-epochs", "0"])
+    assert r.returncode == 0, r.stdout + r.stderr
+    (default, _), _ = two_runs
+    clean, augmented = weights(default / "last.safetensors"), weights(folder / "last.safetensors")
+    assert any(not torch.equal(clean[k], augmented[k]) for k in clean if clean[k].is_floating_point())
+
+
 def test_interrupt_then_resume_continues_to_the_same_weights(two_runs, tiny_mnist, tmp_path):
     """SIGTERM to torchrun after the first epoch: every process stops at one step, one checkpoint, and
     --resume under torchrun (same number of processes) ends with the uninterrupted run's weights."""
