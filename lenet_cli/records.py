@@ -118,8 +118,8 @@ class TrainConfig:
         """The recipe for an epoch budget: SHORT_RUN's settings for runs of 1-2 epochs, then `settings`.
 
         The last `clean_epochs` (2) epochs train unaugmented, but never the first (`augments`): a
-        2-epoch run records one, a 1-epoch run none. Settings passed as None take the budget's default, so a
-        command line's unset options do.
+        2-epoch run records one, a 1-epoch run none, so files record what ran. Settings passed as
+        None take the budget's default, so a command line's unset options do.
         """
         epochs = cls.epochs if epochs is None else epochs
         given = {k: v for k, v in settings.items() if v is not None}

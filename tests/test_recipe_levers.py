@@ -25,7 +25,7 @@ from lenet_cli.tta import SHIFTS, shifted, tta_logits
 from lenet_cli.weights import read_info
 
 CPU = torch.device("cpu")
-# clean_epochs=0: both epochs augmented, as in a long run (the default would leave none augmented here).
+# clean_epochs=0: both epochs augmented, as in a long run (the default would leave the second unaugmented).
 EMA = TrainConfig(epochs=2, batch_size=64, val_size=100, seed=3, ema_decay=0.9, clean_epochs=0)
 
 

@@ -76,7 +76,7 @@ def train(
         "--clean-epochs", min=0, show_default=False,
         help=f"Train the last N epochs on the digits as they are, without augmentation. Default: "
              f"{D.clean_epochs}. Never the first epoch: a 2-epoch run has 1, a 1-epoch run none. "
-             f"--elastic and --stroke pause with the rest of the augmentation.")] = None,
+             "--elastic and --stroke pause with the rest of the augmentation.")] = None,
     elastic: Annotated[float, typer.Option("--elastic", min=0.0, help="Strength (alpha, in Simard et al.'s units) of "
                                            "elastic distortion of training digits; 0: none.")] = D.elastic,
     stroke: Annotated[float, typer.Option("--stroke", min=0.0, max=1.0, help="Stroke-width jitter: move each "
