@@ -85,8 +85,9 @@ def test_resume_with_a_clashing_setting_is_a_usage_error():
         resolve_resume(request)
     cfg, device, state = resolve_resume(api.TrainRequest(config=TrainConfig(seed=5), resume=FLAT_CHECKPOINT))
     # The checkpoint predates --precision: it ran in float32, and resumes so.
-    assert cfg == state.config == TrainConfig(epochs=2, batch_size=64, val_size=100, seed=5, precision="float32",
-                                           clean_epochs=0)
+    # It records the recipe of its day (peak rate 6e-3, no label smoothing), not today's defaults.
+    assert cfg == state.config == TrainConfig(epochs=2, batch_size=64, lr=6e-3, label_smoothing=0.0, val_size=100,
+                                           seed=5, precision="float32", clean_epochs=0)
     assert device == DeviceSpec("cpu")  # auto: the device the run was started with
     _, device, _ = resolve_resume(api.TrainRequest(device=DeviceSpec("auto"), resume=FLAT_CHECKPOINT.parent
                                                                 / FLAT_CHECKPOINT.name))

@@ -67,8 +67,9 @@ def test_train_step_moves_the_weights_and_the_schedule():
 
 def test_a_checkpoint_of_the_flat_optimizer_resumes_on_torch_optim(tiny_mnist):
     state = load_checkpoint(FLAT_CHECKPOINT)
-    assert state.config == TrainConfig(epochs=2, batch_size=64, val_size=100, seed=5, precision="float32",
-                                           clean_epochs=0)  # predates --precision
+    # Predates --precision and --clean-epochs; records the peak rate and smoothing of its day.
+    assert state.config == TrainConfig(epochs=2, batch_size=64, lr=6e-3, label_smoothing=0.0, val_size=100, seed=5,
+                                       precision="float32", clean_epochs=0)
     assert (state.epochs_done, state.step) == (1, 0) and state.optimizer["state"]
     splits = train_val_split(load_split(tiny_mnist, "train", allow_download=False), state.config.val_size)
     result = train(state.config, *splits, CPU, resume=state)

@@ -18,7 +18,7 @@ from lenet_cli.cli.app import app
 from lenet_cli.data import load_split, train_val_split
 from lenet_cli.errors import UsageError, WeightsError
 from lenet_cli.events import Events
-from lenet_cli.records import SHORT_RUN, TrainConfig
+from lenet_cli.records import TrainConfig
 from lenet_cli.signals import StopSignal
 from lenet_cli.train import train
 from lenet_cli.tta import SHIFTS, shifted, tta_logits
@@ -78,12 +78,13 @@ def test_files_from_before_the_average_existed_ran_without_one():
     assert (cfg.ema_decay, cfg.stroke, cfg.precision, cfg.clean_epochs) == (0.0, 0.0, "float32", 0)
 
 
-def test_short_runs_take_their_own_recipe_and_options_still_win():
-    assert TrainConfig.for_budget(1).batch_size == SHORT_RUN["batch_size"]
-    assert TrainConfig.for_budget(2).lr == SHORT_RUN["lr"]
+def test_every_budget_takes_one_recipe_but_the_clean_epochs_and_options_win():
     assert TrainConfig.for_budget(15) == TrainConfig()
+    for epochs in (1, 2, 5):
+        cfg = TrainConfig.for_budget(epochs)
+        assert (cfg.batch_size, cfg.lr, cfg.label_smoothing) == (128, 1e-2, 0.1)
     assert TrainConfig.for_budget(1, batch_size=32, lr=None).batch_size == 32
-    assert TrainConfig.for_budget(1, batch_size=32, lr=None).lr == SHORT_RUN["lr"]
+    assert TrainConfig.for_budget(1, batch_size=32, lr=None).lr == TrainConfig.lr
     # The last two epochs are unaugmented, but never the first: one of two, none of one.
     assert [TrainConfig.for_budget(e).clean_epochs for e in (1, 2, 3, 15)] == [0, 1, 2, 2]
     assert TrainConfig.for_budget(15, clean_epochs=5).clean_epochs == 5
@@ -225,8 +226,7 @@ def test_train_cli_passes_the_levers(monkeypatch):
     (request,) = seen
     cfg = request.config
     assert (cfg.ema_decay, cfg.elastic, cfg.stroke, cfg.precision, cfg.clean_epochs) == (0.99, 20.0, 0.5, "bf16", 1)
-    assert (cfg.batch_size, cfg.lr, cfg.label_smoothing) == (SHORT_RUN["batch_size"], SHORT_RUN["lr"],
-                                                              SHORT_RUN["label_smoothing"])
+    assert (cfg.batch_size, cfg.lr, cfg.label_smoothing) == (128, 1e-2, 0.1)
 
 
 BF16 = TrainConfig(epochs=2, batch_size=64, val_size=100, seed=3, precision="bf16", clean_epochs=0)
