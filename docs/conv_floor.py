@@ -4,7 +4,7 @@
 
 lenet's training step calls the convolutions of PyTorch's CPU backend (oneDNN) twice forward and
 twice backward (C1, in its polyphase form on the CPU, and C3). This script profiles the real
-`recipe.train_step` (as `lenet bench` times it: `lenet train`'s default settings, batch 256,
+`recipe.train_step` (as `lenet bench` times it: `lenet train`'s default settings and batch,
 augmentation on) with `torch.profiler` and adds up the time spent inside those convolution calls;
 times the number of steps of an epoch, that is a floor under lenet's epoch: the epoch could not be
 faster than it even if every other part of the step (augmentation, batch norm, pooling, the linear
@@ -27,7 +27,6 @@ import sys
 from pathlib import Path
 
 CONV_OPS = ("aten::mkldnn_convolution", "aten::convolution_backward")  # forward and backward on the CPU
-EPOCH_IMAGES = 55_000  # MNIST's training split less the 5,000 validation images, as `lenet train` trains
 
 
 def profile_step(steps: int) -> dict:
@@ -37,40 +36,37 @@ def profile_step(steps: int) -> dict:
     import torch
     from torch.profiler import profile
 
+    from lenet_cli import recipe
     from lenet_cli.kernels import speed_up
     from lenet_cli.model import build_model
-    from lenet_cli.recipe import (
-        build_optimizer,
-        build_schedule,
-        keep_freed_memory,
-        resolve_precision,
-        seed_everything,
-        train_step,
-    )
     from lenet_cli.records import TrainConfig
 
     device = torch.device("cpu")
-    cfg = resolve_precision(TrainConfig(), device)
-    seed_everything(cfg.seed)
-    keep_freed_memory()
+    cfg = recipe.resolve_precision(TrainConfig(), device)  # what `lenet train` runs here
+    recipe.seed_everything(cfg.seed)
+    recipe.keep_freed_memory()
     model = build_model(cfg.preset).train()
     net = speed_up(model, device)
-    opt = build_optimizer(model, cfg, device)
-    sched = build_schedule(opt, cfg, 3 * steps + 10)
+    opt = recipe.build_optimizer(model, cfg, device)
+    sched = recipe.build_schedule(opt, cfg, 3 * steps + 10)
     gen = torch.Generator().manual_seed(0)
     x = torch.randint(0, 256, (cfg.batch_size, 28, 28), dtype=torch.uint8, generator=gen)
     y = torch.randint(0, 10, (cfg.batch_size,), generator=gen)
-    for _ in range(10):
-        train_step(net, opt, sched, x, y, cfg, gen)
+
+    def run(n: int) -> None:
+        for _ in range(n):
+            recipe.train_step(net, opt, sched, x, y, cfg, gen)
+
+    run(10)  # warm-up: oneDNN builds its kernels on the first calls
     t0 = time.perf_counter()
-    for _ in range(steps):
-        train_step(net, opt, sched, x, y, cfg, gen)
+    run(steps)
     step_ms = (time.perf_counter() - t0) / steps * 1000
     with profile() as prof:
-        for _ in range(steps):
-            train_step(net, opt, sched, x, y, cfg, gen)
+        t0 = time.perf_counter()
+        run(steps)
+        profiled_ms = (time.perf_counter() - t0) / steps * 1000  # the share is taken of this: same steps
     conv_us = {e.key: e.self_cpu_time_total for e in prof.key_averages() if e.key in CONV_OPS}
-    return {"step_ms": step_ms, "conv_ms": sum(conv_us.values()) / steps / 1000,
+    return {"step_ms": step_ms, "profiled_step_ms": profiled_ms, "conv_ms": sum(conv_us.values()) / steps / 1000,
             "conv_ms_by_op": {k: v / steps / 1000 for k, v in conv_us.items()},
             "batch_size": cfg.batch_size, "precision": cfg.precision}
 
@@ -86,27 +82,31 @@ def main() -> int:
         print(json.dumps(profile_step(args.steps)))
         return 0
 
-    from lenet_cli.bench import run_worker
+    from lenet_cli.bench import TRAIN_EPOCH_IMAGES, run_worker
 
     lenet = []
     for _ in range(args.repeats):
         out = subprocess.run([sys.executable, __file__, "--part", "lenet", "--steps", str(args.steps)],
                              check=True, capture_output=True, text=True).stdout
         lenet.append(json.loads(out.strip().splitlines()[-1]))
-    job = {"kind": "train-epoch", "pipeline": "tutorial", "device": "cpu", "images": EPOCH_IMAGES,
+    job = {"kind": "train-epoch", "pipeline": "tutorial", "device": "cpu", "images": TRAIN_EPOCH_IMAGES,
            "data_dir": str(args.data_dir) if args.data_dir else None}
     tutorial = [run_worker(job)["seconds"] for _ in range(args.repeats)]
 
-    steps = math.ceil(EPOCH_IMAGES / lenet[0]["batch_size"])
-    step_ms = statistics.median(r["step_ms"] for r in lenet)
-    middle = sorted(lenet, key=lambda r: r["conv_ms"])[len(lenet) // 2]  # the repeat with the median conv time
-    conv_ms = middle["conv_ms"]
+    if not all(r["conv_ms"] > 0 for r in lenet):
+        sys.exit(f"no time was recorded in {' or '.join(CONV_OPS)}: this torch build runs its CPU "
+                 "convolutions through other operators, which this script does not know")
+    steps = math.ceil(TRAIN_EPOCH_IMAGES / lenet[0]["batch_size"])
+    # One repeat's figures throughout (the one with the median convolution time), so that the share and
+    # the floor compare a step with its own convolutions.
+    middle = sorted(lenet, key=lambda r: r["conv_ms"])[len(lenet) // 2]
+    step_ms, conv_ms = middle["step_ms"], middle["conv_ms"]
     tut = statistics.median(tutorial)
     floor = conv_ms * steps / 1000
-    each = ", ".join(f"{r['step_ms']:.1f}" for r in lenet)
+    each = ", ".join(f"{r['step_ms']:.1f}" for r in lenet)  # every repeat's step, for the noise
     print(f"lenet step ({lenet[0]['precision']}, batch {lenet[0]['batch_size']}): {step_ms:.1f} ms "
           f"(repeats {each}); inside the convolution calls: "
-          f"{conv_ms:.1f} ms ({100 * conv_ms / step_ms:.0f}%; "
+          f"{conv_ms:.1f} ms ({100 * conv_ms / middle['profiled_step_ms']:.0f}% of the profiled step; "
           + ", ".join(f"{k.removeprefix('aten::')} {v:.1f}" for k, v in middle["conv_ms_by_op"].items()) + ")")
     print(f"lenet epoch ({steps} steps): {step_ms * steps / 1000:.2f} s; its convolutions alone: {floor:.2f} s")
     print(f"tutorial epoch: {tut:.2f} s (repeats {', '.join(format(t, '.2f') for t in tutorial)})")

@@ -3,7 +3,8 @@
     python docs/step_compile_timing.py [--batch-size 256] [--steps 40] [--rounds 5] [--ways WAY ...]
 
 Each way runs in its own fresh process (compiled code and thread pools stay out of each other's
-figures): `eager`, the step `lenet train` runs on the CPU in float32 (the model through `kernels.speed_up`);
+figures): `eager`, the step `lenet train` runs on the CPU in float32 (the model through `kernels.speed_up`;
+the batch is --batch-size, 256 by default, the batch of the README's figures; `lenet train`'s is 128);
 `compile-plain`, the plain model from `model.py` under `torch.compile`; `compile-kernels`, the
 CPU paths under `torch.compile`; `eager-bf16`, the eager step with `--precision bf16` (the
 forward pass under bfloat16 autocast); `plain` and `plain-bf16`, the plain model without the CPU

@@ -162,7 +162,7 @@ def test_shards_cover_the_batch_in_order():
 
 
 def test_every_process_needs_an_image_of_every_batch():
-    check_shardable(55_000, 256, 2)  # the default: 214 batches of 256 and one of 216
+    check_shardable(55_000, 128, 2)  # the default: 429 batches of 128 and one of 88
     check_shardable(500, 32, 4)  # a last batch of 20
     with pytest.raises(UsageError, match="last batch of each epoch has 1 image"):
         check_shardable(65, 32, 2)

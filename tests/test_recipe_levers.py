@@ -1,4 +1,4 @@
-"""The recipe's levers: the weights' moving average (--ema), the short-run recipe, --tta, --precision,
+"""The recipe's levers: the weights' moving average (--ema), one recipe for every budget, --tta, --precision,
 --clean-epochs."""
 
 from __future__ import annotations
