@@ -72,6 +72,10 @@ class ModelConfig:
     num_classes: int = NUM_CLASSES
     mean: float = MNIST_MEAN
     std: float = MNIST_STD
+    # The logits are divided by this (temperature scaling, Guo et al. 2017, "On calibration of modern
+    # neural networks"). Training runs at 1; `lenet train` fits it on the validation split afterwards,
+    # so that a label-smoothed model's probabilities mean what they say (calibrate.py).
+    temperature: float = 1.0
 
     def to_json(self) -> str:
         """Serialise for a weights file's metadata."""
@@ -80,6 +84,8 @@ class ModelConfig:
             # Absent means pool last (see from_json): such files stay readable by lenet 0.1.0,
             # which refuses keys it does not know.
             del data["pool_first"]
+        if self.temperature == 1.0:
+            del data["temperature"]  # the same for files without a fitted temperature
         return json.dumps(data, sort_keys=True)
 
     @classmethod
@@ -112,6 +118,8 @@ class ModelConfig:
             raise ValueError(f"model config field 'dropout' must be in [0, 1), got {self.dropout!r}")
         if self.std <= 0:
             raise ValueError(f"model config field 'std' must be positive, got {self.std!r}")
+        if self.temperature <= 0:
+            raise ValueError(f"model config field 'temperature' must be positive, got {self.temperature!r}")
 
 
 PRESETS: dict[str, ModelConfig] = {
@@ -244,11 +252,13 @@ class LeNet5(nn.Module):
         return pool(act(bn(conv(x))))
 
     def classifier(self, x: torch.Tensor) -> torch.Tensor:
-        """C5 -> F6 -> output on the S4 maps (B, 16, 5, 5); logits (B, num_classes)."""
+        """C5 -> F6 -> output on the S4 maps (B, 16, 5, 5); logits (B, num_classes), over the temperature."""
         x = torch.flatten(x, 1)  # (B, 400)
         x = self.drop(self.act5(self.c5(x)))  # (B, 120)
         x = self.drop(self.act6(self.f6(x)))  # (B, 84)
-        return self.out(x)  # (B, 10)
+        x = self.out(x)  # (B, 10)
+        # A constant of the config, not a parameter: exported ONNX graphs carry it as one Div.
+        return x if self.cfg.temperature == 1.0 else x * (1.0 / self.cfg.temperature)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """x: (B, 1, 28, 28) raw pixels in [0, 255]. Returns logits (B, num_classes)."""

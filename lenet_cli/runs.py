@@ -82,11 +82,13 @@ def save_run(
     test_metrics: dict[str, Any] | None = None,
     device: str = "auto",
     launch: dict[str, Any] | None = None,
+    model_configs: dict[str, Any] | None = None,
 ) -> dict[str, Path]:
     """Write best/last weights, history (CSV and JSON) and curves (PNG) into out_dir, all atomically.
 
     `device` is the one asked for (`--device`); the one used is in `result.device`. `launch`, for a
-    run trained under torchrun, is its world size and backend, recorded beside them.
+    run trained under torchrun, is its world size and backend, recorded beside them. `model_configs`
+    gives "best" and "last" their own model config (their fitted temperatures); default: the run's.
     """
     ensure_dir(out_dir)
     training = cfg.to_dict(device) | {"best_epoch": result.best_epoch, "device_used": result.device}
@@ -102,7 +104,8 @@ def save_run(
             metrics = {"epoch": record.epoch, "val_accuracy": record.val_acc, "val_loss": record.val_loss}
         if name == "best" and test_metrics:
             metrics |= test_metrics
-        paths[name] = save_state(out_dir / f"{name}.safetensors", result.model.cfg, state,
+        model_cfg = (model_configs or {}).get(name, result.model.cfg)
+        paths[name] = save_state(out_dir / f"{name}.safetensors", model_cfg, state,
                                  training=training, metrics=metrics)
     paths["history_csv"] = atomic_write_text(out_dir / "history.csv", history_csv(result.history))
     history = {"config": cfg.to_dict(device), "best_epoch": result.best_epoch,

@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from lenet_cli.calibrate import calibrated_logits, fit_temperature
 from lenet_cli.checkpoint import load_checkpoint, save_checkpoint
 from lenet_cli.data import MnistSplit, load_split, resolve_data_dir, train_val_split
 from lenet_cli.devices import (
@@ -45,6 +46,8 @@ from lenet_cli.train import train as train_loop
 if TYPE_CHECKING:  # pragma: no cover
     import torch
 
+    from lenet_cli.model import LeNet5, ModelConfig
+
 
 @dataclass(frozen=True)
 class TrainRequest:
@@ -72,6 +75,7 @@ class TrainReport:
     test: EvalResult | None = None  # None when stopped inside the first epoch (and on ranks other than 0)
     files: dict[str, Path] = field(default_factory=dict)
     dist: DistContext = SINGLE  # the torchrun launch this process was part of
+    temperature: float = 1.0  # best.safetensors' temperature, fitted on the validation split (calibrate.py)
 
     @property
     def quiet(self) -> bool:
@@ -89,7 +93,8 @@ class TrainReport:
             "config": config, "param_count": r.param_count, "device": self.device_name,
             "train_seconds": r.train_seconds, "best_epoch": r.best_epoch,
             "val_accuracy": r.best.val_acc if r.best else None,
-            "test_accuracy": self.test.accuracy, "test_loss": self.test.loss, "interrupted": r.interrupted,
+            "test_accuracy": self.test.accuracy, "test_loss": self.test.loss, "temperature": self.temperature,
+            "interrupted": r.interrupted,
             "resume_command": self.resume_command if r.interrupted else None,
             "history": [vars(h) for h in r.history], "files": {k: str(v) for k, v in self.files.items()},
         }
@@ -114,6 +119,19 @@ def resolve_resume(request: TrainRequest) -> tuple[TrainConfig, DeviceSpec, Trai
                          f"Drop {flags}, or start a new run without --resume.")
     device = request.device if not request.device.is_auto else parse_device(state.device)
     return saved, device, state
+
+
+def _fitted_config(model: "LeNet5", state: dict[str, "torch.Tensor"], val_split: MnistSplit,
+                   device: "torch.device") -> "ModelConfig":
+    """The config to save with `state`: the model's, with the temperature that calibrates `state` on the
+    validation split (unchanged without one). Leaves `state` loaded into `model`."""
+    from lenet_cli.kernels import speed_up
+
+    model.load_state_dict({k: v.to(device) for k, v in state.items()})
+    if len(val_split) == 0:
+        return model.cfg
+    logits = torch_logits(speed_up(model, device), val_split.images.to(device))
+    return dataclasses.replace(model.cfg, temperature=fit_temperature(logits, val_split.labels))
 
 
 def _load_training_data(request: TrainRequest, cfg: TrainConfig, events: Events
@@ -256,12 +274,16 @@ def _train_in(out_dir: Path, request: TrainRequest, cfg: TrainConfig, spec: Devi
         report = TrainReport(cfg, spec, describe_device(device), checkpoint, again, result, dist=ctx)
         if not result.history or not ctx.is_main:  # stopped inside the first epoch: only the checkpoint exists
             return report
-        model = result.model
-        model.load_state_dict({k: v.to(device) for k, v in result.best_state.items()})
-        net = speed_up(model, device)  # the CPU paths where they apply, as for validation
-        report.test = metrics_from_logits(torch_logits(net, test.images.to(device)), test.labels)
+        # Each saved state gets its own temperature, fitted on the validation split; best last, so that
+        # the model holds the best weights for the test pass.
+        configs = {name: _fitted_config(result.model, state, val_split, device)
+                   for name, state in (("last", result.last_state), ("best", result.best_state)) if state}
+        report.temperature = configs["best"].temperature
+        net = speed_up(result.model, device)  # the CPU paths where they apply, as for validation
+        logits = calibrated_logits(torch_logits(net, test.images.to(device)), report.temperature)
+        report.test = metrics_from_logits(logits, test.labels)
         test_metrics = {"test_accuracy": report.test.accuracy, "test_loss": report.test.loss}
         report.files = save_run(result, cfg, out_dir, test_metrics, device=str(spec),
-                                launch=ctx.describe() if ctx.active else None)
+                                launch=ctx.describe() if ctx.active else None, model_configs=configs)
         report.files["checkpoint"] = checkpoint
     return report
