@@ -141,7 +141,7 @@ def render(report: api.TrainReport) -> None:
         ("best epoch", f"{result.best_epoch} (validation accuracy {pct(best.val_acc) if best else 'n/a'})"),
         ("test accuracy", f"{pct(test.accuracy)}  ({test.count - test.correct} errors of {test.count:,})"),
         ("test loss", f"{test.loss:.4f}"),
-        ("temperature", f"{report.temperature:g} (fitted on the validation split; calibrates the probabilities)"),
+        ("temperature", f"{report.temperature:g} (calibration, fitted on the validation split)"),
     ]))
     files = Table(title="Files", title_justify="left", show_header=False)
     files.add_column(style="bold")
