@@ -21,20 +21,23 @@ if TYPE_CHECKING:  # pragma: no cover
 INVERSE_RANGE = (0.05, 20.0)
 ITERATIONS = 80  # golden-section steps: the bracket shrinks by 0.618 per step, far below the rounding
 DIGITS = 4
+# Below this many held-out images a 99%-accurate model often makes no mistake at all, and with no
+# mistake the loss falls without end as T shrinks: there is nothing to fit.
+MIN_IMAGES = 1000
 
 
-def fit_temperature(logits: "torch.Tensor", labels: "torch.Tensor") -> float:
+def fit_temperature(logits: "torch.Tensor", labels: "torch.Tensor") -> float | None:
     """The temperature T > 0 that minimises the mean cross-entropy of logits / T against labels.
 
     The cross-entropy of b * logits is convex in b (a log-sum-exp of linear functions minus a linear
     one), so a golden-section search over b = 1/T finds its minimum; no optimizer state, no
-    randomness, the same T for the same logits. Returns 1.0 when there is nothing to fit on.
+    randomness, the same T for the same logits. None when there is nothing to fit: fewer than
+    MIN_IMAGES images, or a minimum at the edge of the range (every image right, or every one wrong).
     """
-    import torch
     import torch.nn.functional as F
 
-    if labels.numel() == 0:
-        return 1.0
+    if labels.numel() < MIN_IMAGES:
+        return None
     z = logits.detach().double().cpu()
     y = labels.detach().long().cpu()
 
@@ -54,7 +57,10 @@ def fit_temperature(logits: "torch.Tensor", labels: "torch.Tensor") -> float:
             lo, c, fc = c, d, fd
             d = lo + ratio * (hi - lo)
             fd = nll(d)
-    return round(1.0 / ((lo + hi) / 2), DIGITS)
+    b = (lo + hi) / 2
+    if not INVERSE_RANGE[0] * 1.01 < b < INVERSE_RANGE[1] * 0.99:
+        return None  # the loss still falls at the edge: no finite temperature minimises it
+    return round(1.0 / b, DIGITS)
 
 
 def calibrated_logits(logits: "torch.Tensor", temperature: float) -> "torch.Tensor":

@@ -257,7 +257,7 @@ class LeNet5(nn.Module):
         x = self.drop(self.act5(self.c5(x)))  # (B, 120)
         x = self.drop(self.act6(self.f6(x)))  # (B, 84)
         x = self.out(x)  # (B, 10)
-        # A constant of the config, not a parameter: exported ONNX graphs carry it as one Div.
+        # A constant of the config, not a parameter: exported ONNX graphs carry it as one Mul (by 1/T).
         return x if self.cfg.temperature == 1.0 else x * (1.0 / self.cfg.temperature)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

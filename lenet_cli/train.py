@@ -347,7 +347,8 @@ def train(
     except KeyError as exc:
         raise UsageError(str(exc.args[0])) from None
     if resume is not None and resume.model_config is not None:
-        model_cfg = resume.model_config  # the model the run started with
+        # The model the run started with; it trains at temperature 1 whatever the file says (calibrate.py).
+        model_cfg = dataclasses.replace(resume.model_config, temperature=1.0)
     if len(train_split) == 0:
         raise UsageError("The training set is empty.")
     run = _Run(cfg, model_cfg, train_split, val_split, device, resume, dist)

@@ -37,7 +37,16 @@ def test_the_fitted_temperature_minimises_the_loss_and_keeps_every_prediction():
         assert best <= F.cross_entropy(logits / other, labels).item()
     assert torch.equal(calibrated_logits(logits, t).argmax(1), logits.argmax(1))
     assert fit_temperature(logits, labels) == t  # deterministic
-    assert fit_temperature(logits[:0], labels[:0]) == 1.0  # nothing to fit on
+    assert fit_temperature(logits[:0], labels[:0]) is None  # nothing to fit on
+
+
+def test_no_temperature_is_fitted_where_there_is_nothing_to_fit():
+    gen = torch.Generator().manual_seed(2)
+    logits = torch.randn(2_000, 10, generator=gen)
+    right, wrong = logits.argmax(1), (logits.argmax(1) + 1) % 10
+    assert fit_temperature(logits, right) is None  # no mistake: the loss falls without end as T shrinks
+    assert fit_temperature(logits, wrong) is None  # every one wrong: it falls as T grows
+    assert fit_temperature(logits[:500], right[:500].roll(1)) is None  # under MIN_IMAGES
 
 
 def test_the_config_carries_the_temperature_only_when_fitted():
@@ -60,7 +69,10 @@ def test_every_path_divides_the_logits_by_the_temperature():
         assert torch.allclose(CpuLeNet5(hot)(x), want, atol=1e-4)  # the CPU paths, from 16 images up
 
 
-def test_train_saves_the_fitted_temperature_and_reports_calibrated_figures(tiny_mnist, tmp_path):
+def test_train_saves_the_fitted_temperature_and_reports_calibrated_figures(tiny_mnist, tmp_path, monkeypatch):
+    from lenet_cli import calibrate
+
+    monkeypatch.setattr(calibrate, "MIN_IMAGES", 50)  # the synthetic set holds out 100 images
     out = tmp_path / "run"
     result = CliRunner().invoke(app, ["train", "--epochs", "2", "--val-size", "100", "--batch-size", "64",
                                       "--data-dir", str(tiny_mnist), "--no-download", "-o", str(out), "--json"])
@@ -71,6 +83,16 @@ def test_train_saves_the_fitted_temperature_and_reports_calibrated_figures(tiny_
     model, _ = load_model(out / "best.safetensors")
     assert model.cfg.temperature == report["temperature"]
     assert read_info(out / "last.safetensors")[0].config.temperature > 0
+    assert "temperature" in result.output  # the result table says it
+
+
+def test_a_run_without_a_validation_split_keeps_temperature_one(tiny_mnist, tmp_path):
+    out = tmp_path / "run"
+    result = CliRunner().invoke(app, ["train", "--epochs", "1", "--val-size", "0", "--batch-size", "64",
+                                      "--data-dir", str(tiny_mnist), "--no-download", "-o", str(out)])
+    assert result.exit_code == 0, result.output
+    assert "none fitted" in result.output
+    assert read_info(out / "best.safetensors")[0].config.temperature == 1.0
 
 
 def test_an_exported_model_carries_the_temperature(tiny_mnist, trained_weights, tmp_path):

@@ -124,14 +124,16 @@ def resolve_resume(request: TrainRequest) -> tuple[TrainConfig, DeviceSpec, Trai
 def _fitted_config(model: "LeNet5", state: dict[str, "torch.Tensor"], val_split: MnistSplit,
                    device: "torch.device") -> "ModelConfig":
     """The config to save with `state`: the model's, with the temperature that calibrates `state` on the
-    validation split (unchanged without one). Leaves `state` loaded into `model`."""
+    validation split (the model's own, 1, where there is nothing to fit: see `fit_temperature`).
+    Leaves `state` loaded into `model`."""
     from lenet_cli.kernels import speed_up
 
     model.load_state_dict({k: v.to(device) for k, v in state.items()})
     if len(val_split) == 0:
         return model.cfg
     logits = torch_logits(speed_up(model, device), val_split.images.to(device))
-    return dataclasses.replace(model.cfg, temperature=fit_temperature(logits, val_split.labels))
+    temperature = fit_temperature(logits, val_split.labels)
+    return model.cfg if temperature is None else dataclasses.replace(model.cfg, temperature=temperature)
 
 
 def _load_training_data(request: TrainRequest, cfg: TrainConfig, events: Events
@@ -276,8 +278,11 @@ def _train_in(out_dir: Path, request: TrainRequest, cfg: TrainConfig, spec: Devi
             return report
         # Each saved state gets its own temperature, fitted on the validation split; best last, so that
         # the model holds the best weights for the test pass.
-        configs = {name: _fitted_config(result.model, state, val_split, device)
-                   for name, state in (("last", result.last_state), ("best", result.best_state)) if state}
+        configs = {}
+        for name, state in (("last", result.last_state), ("best", result.best_state)):
+            if state:  # a finished run's best is its last: fitted once
+                same = name == "best" and state is result.last_state
+                configs[name] = configs["last"] if same else _fitted_config(result.model, state, val_split, device)
         report.temperature = configs["best"].temperature
         net = speed_up(result.model, device)  # the CPU paths where they apply, as for validation
         logits = calibrated_logits(torch_logits(net, test.images.to(device)), report.temperature)

@@ -141,7 +141,8 @@ def render(report: api.TrainReport) -> None:
         ("best epoch", f"{result.best_epoch} (validation accuracy {pct(best.val_acc) if best else 'n/a'})"),
         ("test accuracy", f"{pct(test.accuracy)}  ({test.count - test.correct} errors of {test.count:,})"),
         ("test loss", f"{test.loss:.4f}"),
-        ("temperature", f"{report.temperature:g} (calibration, fitted on the validation split)"),
+        ("temperature", f"{report.temperature:g} (calibration, fitted on the validation split)" if report.temperature != 1
+         else "1 (none fitted: no validation split of 1,000 images or more, or no mistake in it)"),
     ]))
     files = Table(title="Files", title_justify="left", show_header=False)
     files.add_column(style="bold")
