@@ -89,13 +89,13 @@ def main() -> int:
         out = subprocess.run([sys.executable, __file__, "--part", "lenet", "--steps", str(args.steps)],
                              check=True, capture_output=True, text=True).stdout
         lenet.append(json.loads(out.strip().splitlines()[-1]))
+    if not all(r["conv_ms"] > 0 for r in lenet):
+        sys.exit(f"no time was recorded in {' or '.join(CONV_OPS)}: this torch build runs its CPU "
+                 "convolutions through other operators, which this script does not know")
     job = {"kind": "train-epoch", "pipeline": "tutorial", "device": "cpu", "images": TRAIN_EPOCH_IMAGES,
            "data_dir": str(args.data_dir) if args.data_dir else None}
     tutorial = [run_worker(job)["seconds"] for _ in range(args.repeats)]
 
-    if not all(r["conv_ms"] > 0 for r in lenet):
-        sys.exit(f"no time was recorded in {' or '.join(CONV_OPS)}: this torch build runs its CPU "
-                 "convolutions through other operators, which this script does not know")
     steps = math.ceil(TRAIN_EPOCH_IMAGES / lenet[0]["batch_size"])
     # One repeat's figures throughout (the one with the median convolution time), so that the share and
     # the floor compare a step with its own convolutions.

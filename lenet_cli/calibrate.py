@@ -64,5 +64,5 @@ def fit_temperature(logits: "torch.Tensor", labels: "torch.Tensor") -> float | N
 
 
 def calibrated_logits(logits: "torch.Tensor", temperature: float) -> "torch.Tensor":
-    """logits / temperature: what a model with that temperature in its config returns."""
+    """logits / temperature, as a multiplication by 1/T; `LeNet5.classifier` applies it too."""
     return logits if temperature == 1.0 else logits * (1.0 / temperature)

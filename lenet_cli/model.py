@@ -31,6 +31,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from lenet_cli.calibrate import calibrated_logits
 from lenet_cli.records import check_field_types
 
 # MNIST statistics on [0, 1] pixels, computed on the 60,000 training images.
@@ -256,9 +257,9 @@ class LeNet5(nn.Module):
         x = torch.flatten(x, 1)  # (B, 400)
         x = self.drop(self.act5(self.c5(x)))  # (B, 120)
         x = self.drop(self.act6(self.f6(x)))  # (B, 84)
-        x = self.out(x)  # (B, 10)
-        # A constant of the config, not a parameter: exported ONNX graphs carry it as one Mul (by 1/T).
-        return x if self.cfg.temperature == 1.0 else x * (1.0 / self.cfg.temperature)
+        # The temperature is a constant of the config, not a parameter: exported ONNX graphs carry it as
+        # one Mul (by 1/T).
+        return calibrated_logits(self.out(x), self.cfg.temperature)  # (B, 10)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """x: (B, 1, 28, 28) raw pixels in [0, 255]. Returns logits (B, num_classes)."""

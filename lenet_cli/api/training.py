@@ -279,10 +279,10 @@ def _train_in(out_dir: Path, request: TrainRequest, cfg: TrainConfig, spec: Devi
         # Each saved state gets its own temperature, fitted on the validation split; best last, so that
         # the model holds the best weights for the test pass.
         configs = {}
-        for name, state in (("last", result.last_state), ("best", result.best_state)):
-            if state:  # a finished run's best is its last: fitted once
-                same = name == "best" and state is result.last_state
-                configs[name] = configs["last"] if same else _fitted_config(result.model, state, val_split, device)
+        if result.last_state:  # empty when resumed mid-epoch and stopped again: no last.safetensors then
+            configs["last"] = _fitted_config(result.model, result.last_state, val_split, device)
+        configs["best"] = (configs["last"] if result.best_state is result.last_state  # a finished run: fitted once
+                           else _fitted_config(result.model, result.best_state, val_split, device))
         report.temperature = configs["best"].temperature
         net = speed_up(result.model, device)  # the CPU paths where they apply, as for validation
         logits = calibrated_logits(torch_logits(net, test.images.to(device)), report.temperature)
