@@ -40,6 +40,10 @@ def fit_temperature(logits: "torch.Tensor", labels: "torch.Tensor") -> float | N
         return None
     z = logits.detach().double().cpu()
     y = labels.detach().long().cpu()
+    if bool((z.argmax(1) == y).all()):
+        # No mistake: the loss falls toward 0 without end as T shrinks, and reaches 0.0 in floating point
+        # inside the range, where the search below could stop on the flat floor.
+        return None
 
     def nll(b: float) -> float:
         return F.cross_entropy(z * b, y).item()
@@ -49,7 +53,7 @@ def fit_temperature(logits: "torch.Tensor", labels: "torch.Tensor") -> float | N
     c, d = hi - ratio * (hi - lo), lo + ratio * (hi - lo)
     fc, fd = nll(c), nll(d)
     for _ in range(ITERATIONS):
-        if fc <= fd:
+        if fc < fd:  # on a tie (a flat floor of the loss) move up, toward the edge check below
             hi, d, fd = d, c, fc
             c = hi - ratio * (hi - lo)
             fc = nll(c)

@@ -95,6 +95,20 @@ def save_checkpoint(path: Path, state: TrainState) -> Path:
     return atomic_write_bytes(path, data)
 
 
+CHECKPOINT_HINT = "Pass the checkpoint.safetensors that `lenet train` wrote in its run folder."
+
+
+def check_checkpoint_file(path: Path) -> Path:
+    """`path`, expanded, if it is a file; else WeightsError saying what it is (before anything is created)."""
+    path = Path(path).expanduser()
+    what = not_a_file(path)
+    if what == "missing":
+        raise WeightsError(f"Checkpoint not found: {path}.", CHECKPOINT_HINT)
+    if what is not None:
+        raise WeightsError(f"{path} is {what}, not a checkpoint file.", CHECKPOINT_HINT)
+    return path
+
+
 def load_checkpoint(path: Path) -> TrainState:
     """Read a checkpoint written by `save_checkpoint`; WeightsError for anything else."""
     from safetensors import SafetensorError
@@ -102,13 +116,8 @@ def load_checkpoint(path: Path) -> TrainState:
 
     from lenet_cli.model import ModelConfig
 
-    path = Path(path).expanduser()
-    hint = "Pass the checkpoint.safetensors that `lenet train` wrote in its run folder."
-    what = not_a_file(path)
-    if what == "missing":
-        raise WeightsError(f"Checkpoint not found: {path}.", hint)
-    if what is not None:
-        raise WeightsError(f"{path} is {what}, not a checkpoint file.", hint)
+    path = check_checkpoint_file(path)
+    hint = CHECKPOINT_HINT
     try:
         raw = path.read_bytes()
     except OSError as exc:

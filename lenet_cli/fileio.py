@@ -93,6 +93,16 @@ def _output_error(target: Path, exc: OSError, hint: str = "Choose a writable loc
     return OutputError(f"Cannot {what} {target}: {exc.strerror or exc}.", hint)
 
 
+def refuse_existing(path: Path, option: str, exist_ok: bool) -> None:
+    """Raise OutputError if `path` exists, unless `exist_ok`: no command replaces a file it was not asked to.
+
+    Called before any work, so a refused command has spent nothing and changed nothing.
+    """
+    if exist_ok or not os.path.lexists(path):
+        return
+    raise OutputError(f"{option} {path} exists already.", f"Add --exist-ok to replace it, or choose another {option}.")
+
+
 def not_a_file(path: Path) -> str | None:
     """What `path` is when it is not a regular file ("a named pipe", "a folder", ...); None for a file.
 

@@ -25,7 +25,7 @@ from lenet_cli.checkpoint import CHECKPOINT_NAME
 from lenet_cli.errors import OutputError
 from lenet_cli.fileio import atomic_write_text, ensure_dir
 from lenet_cli.plots import save_training_curves
-from lenet_cli.records import EpochRecord, TrainConfig, TrainResult
+from lenet_cli.records import EpochRecord, TrainConfig, TrainResult, json_safe
 from lenet_cli.weights import save_state
 
 RUNS_DIR = Path("runs")
@@ -106,11 +106,11 @@ def save_run(
             metrics |= test_metrics
         model_cfg = (model_configs or {}).get(name, result.model.cfg)
         paths[name] = save_state(out_dir / f"{name}.safetensors", model_cfg, state,
-                                 training=training, metrics=metrics)
+                                 training=training, metrics=json_safe(metrics))
     paths["history_csv"] = atomic_write_text(out_dir / "history.csv", history_csv(result.history))
     history = {"config": cfg.to_dict(device), "best_epoch": result.best_epoch,
                "history": history_rows(result.history)}
-    paths["history_json"] = atomic_write_text(out_dir / "history.json", json.dumps(history, indent=2))
+    paths["history_json"] = atomic_write_text(out_dir / "history.json", json.dumps(json_safe(history), indent=2))
     paths["curves"] = save_training_curves(result.history, out_dir / "curves.png")
     return paths
 

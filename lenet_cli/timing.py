@@ -28,18 +28,6 @@ def time_calls(fn: Callable[[], Any], warmup: int, min_seconds: float, sync: Cal
     return times
 
 
-def time_steps(step: Callable[[], Any], steps: int, sync: Callable[[], None], warmup: int = 5) -> float:
-    """Seconds for `steps` calls of a training step, after `warmup` untimed ones."""
-    for _ in range(warmup):
-        step()
-    sync()
-    t0 = time.perf_counter()
-    for _ in range(steps):
-        step()
-    sync()
-    return time.perf_counter() - t0
-
-
 def spread(values: list[float]) -> dict[str, float]:
     """min, median and max of repeated measurements: how far apart the repeats were, not just one figure."""
     ordered = sorted(values)

@@ -47,6 +47,11 @@ def test_no_temperature_is_fitted_where_there_is_nothing_to_fit():
     assert fit_temperature(logits, right) is None  # no mistake: the loss falls without end as T shrinks
     assert fit_temperature(logits, wrong) is None  # every one wrong: it falls as T grows
     assert fit_temperature(logits[:500], right[:500].roll(1)) is None  # under MIN_IMAGES
+    # No mistake and wide margins: the loss reaches exactly 0.0 inside the range (a flat floor that
+    # could stop the search there, at a T that would make every probability ~100%).
+    sure = torch.randn(5_000, 10, generator=gen) + 12 * F.one_hot(right[:1].repeat(5_000), 10)
+    assert F.cross_entropy(sure.double() * 10, sure.argmax(1)).item() == 0.0  # the floor is there
+    assert fit_temperature(sure, sure.argmax(1)) is None
 
 
 def test_the_config_carries_the_temperature_only_when_fitted():
@@ -93,6 +98,18 @@ def test_a_run_without_a_validation_split_keeps_temperature_one(tiny_mnist, tmp_
     assert result.exit_code == 0, result.output
     assert "none fitted" in result.output
     assert read_info(out / "best.safetensors")[0].config.temperature == 1.0
+    # --json stays strict JSON without validation figures: null, never a bare NaN.
+    result = CliRunner().invoke(app, ["train", "--epochs", "1", "--val-size", "0", "--batch-size", "64", "--json",
+                                      "--data-dir", str(tiny_mnist), "--no-download", "-o", str(tmp_path / "j")])
+    assert result.exit_code == 0, result.output
+
+    def refuse(constant: str) -> None:
+        raise AssertionError(f"{constant} in --json")
+
+    report = json.loads(result.stdout, parse_constant=refuse)
+    assert report["temperature"] is None and report["val_accuracy"] is None
+    assert report["history"][0]["val_loss"] is None
+    json.loads((tmp_path / "j" / "history.json").read_text(), parse_constant=refuse)
 
 
 def test_an_exported_model_carries_the_temperature(tiny_mnist, trained_weights, tmp_path):

@@ -227,6 +227,14 @@ def test_export_requires_format_and_bad_weights_write_nothing(tmp_path, tiny_mni
     assert not out.exists()
 
 
+def test_bench_refuses_to_replace_an_existing_output(tmp_path):
+    out = tmp_path / "bench.json"
+    out.write_text("{}")
+    result = invoke("bench", "--quick", "--device", "cpu", "--output", out)
+    assert result.exit_code == 1 and "exists already" in result.output  # before any measurement
+    assert out.read_text() == "{}"
+
+
 def test_bench_quick_json(tmp_path):
     out = tmp_path / "bench.json"
     result = invoke("bench", "--quick", "--batch-sizes", "1,8", "--device", "cpu", "--json", "--output", out,

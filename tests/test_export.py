@@ -65,9 +65,21 @@ def test_int8_that_loses_accuracy_is_refused_and_writes_nothing(tiny_mnist, trai
     out = tmp_path / "q.onnx"
     out.write_bytes(b"an earlier, good file")
     result = invoke("export", "--onnx", "--quantize", "int8", "--weights", trained_weights, "--output", out,
-                    "--data-dir", tiny_mnist, "--no-download")
+                    "--data-dir", tiny_mnist, "--no-download", "--exist-ok")  # asked to replace it, and still not
     assert result.exit_code == 1 and "No file was written" in result.output
     assert out.read_bytes() == b"an earlier, good file" and [p.name for p in tmp_path.iterdir()] == ["q.onnx"]
+
+
+def test_an_existing_output_is_refused_unless_exist_ok(tiny_mnist, trained_weights, tmp_path):
+    out = tmp_path / "m.onnx"
+    out.write_bytes(b"an earlier export")
+    args = ("export", "--onnx", "--weights", trained_weights, "--output", out, "--data-dir", tiny_mnist, "--no-download")
+    result = invoke(*args)
+    assert result.exit_code == 1 and "exists already" in result.output and "--exist-ok" in result.output
+    assert out.read_bytes() == b"an earlier export"
+    result = invoke(*args, "--exist-ok")
+    assert result.exit_code == 0, result.output
+    assert out.read_bytes()[:4] != b"an e" and out.stat().st_size > 100_000  # replaced by the real export
 
 
 def test_failed_verification_writes_nothing(tiny_mnist, trained_weights, tmp_path, monkeypatch):
@@ -77,7 +89,7 @@ def test_failed_verification_writes_nothing(tiny_mnist, trained_weights, tmp_pat
     out = tmp_path / "m.onnx"
     out.write_bytes(b"the previous, good file")
     result = invoke("export", "--onnx", "--weights", trained_weights, "--output", out, "--data-dir", tiny_mnist,
-                    "--no-download")
+                    "--no-download", "--exist-ok")
     assert result.exit_code == 1 and "Verification failed" in result.output
     assert out.read_bytes() == b"the previous, good file"  # never replaced by a broken export
     assert sorted(p.name for p in tmp_path.iterdir()) == ["m.onnx"]  # no temporary left behind

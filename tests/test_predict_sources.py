@@ -128,6 +128,13 @@ def test_notes_in_the_table_and_csv(tmp_path):
 
     rows = list(csv.DictReader(open(tmp_path / "rows.csv", encoding="utf-8")))
     assert rows[0]["notes"].startswith("not a digit")
+    # A second run does not replace those rows unless asked: refused before any image is read.
+    again = ["predict", str(tmp_path / "blob.png"), "--output", str(tmp_path / "rows.csv")]
+    before = (tmp_path / "rows.csv").read_bytes()
+    result = runner.invoke(app, again)
+    assert result.exit_code == 1 and "exists already" in result.output
+    assert (tmp_path / "rows.csv").read_bytes() == before
+    assert runner.invoke(app, [*again, "--exist-ok"]).exit_code == 0
 
 
 def test_low_confidence_note(monkeypatch, tmp_path):

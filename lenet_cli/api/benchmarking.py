@@ -13,7 +13,7 @@ from lenet_cli.data import ensure_mnist, missing_files, resolve_data_dir
 from lenet_cli.devices import AUTO, DeviceSpec, resolve_device
 from lenet_cli.errors import UsageError
 from lenet_cli.events import Events
-from lenet_cli.fileio import atomic_write_text, ensure_dir
+from lenet_cli.fileio import atomic_write_text, ensure_dir, refuse_existing
 from lenet_cli.weights import resolve_weights_path
 
 BENCH_BACKENDS = ("torch", "torch-compile", "onnxruntime")
@@ -37,6 +37,7 @@ class BenchRequest:
     repeats: int | None = None  # None: REPEATS (QUICK_REPEATS with quick)
     data_dir: Path | None = None  # None: the default MNIST folder, where it holds MNIST
     accuracy: bool = True  # the 1-epoch time-to-accuracy run (never with quick)
+    exist_ok: bool = False  # may replace an existing output file
     worker_timeout: float = 600.0
 
 
@@ -110,6 +111,7 @@ def bench(request: BenchRequest, events: Events | None = None) -> BenchReport:
     path = resolve_weights_path(request.weights)
     if request.output is not None:
         ensure_dir(request.output.parent)  # an unwritable --output fails before the measurements, not after
+        refuse_existing(request.output, "--output", request.exist_ok)
     device = resolve_device(request.device)
     data = run_bench(path, cfg, device, accuracy_skip=_accuracy_skip(request, data_dir),
                      progress=lambda label, done, total: events.progress(f"Benchmarking {label}", done, total))

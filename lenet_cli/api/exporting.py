@@ -10,7 +10,7 @@ from lenet_cli.data import load_split, resolve_data_dir
 from lenet_cli.errors import OutputError
 from lenet_cli.events import Events
 from lenet_cli.export import check_options, export_onnx
-from lenet_cli.fileio import ensure_dir
+from lenet_cli.fileio import ensure_dir, refuse_existing
 from lenet_cli.onnx_io import PROB_TOLERANCE, ParityRow
 from lenet_cli.quantize import CALIBRATION_IMAGES, QUANT_MAX_DROP, QuantRow
 from lenet_cli.weights import resolve_weights_path
@@ -26,6 +26,7 @@ class ExportRequest:
     quantize: str | None = None
     data_dir: Path | None = None
     allow_download: bool = True
+    exist_ok: bool = False  # may replace an existing output file
 
 
 @dataclass
@@ -63,6 +64,7 @@ def export(request: ExportRequest, events: Events | None = None) -> ExportReport
     ensure_dir(output.parent, "--output")  # an unwritable --output fails before the export, not after it
     if output.is_dir():
         raise OutputError(f"--output {output} is a directory.", "Give a file name, e.g. --output model.onnx.")
+    refuse_existing(output, "--output", request.exist_ok)
     folder = resolve_data_dir(request.data_dir)
     test = load_split(folder, "test", allow_download=request.allow_download)
     images, labels = test.images.numpy(), test.labels.numpy()

@@ -11,7 +11,7 @@ from lenet_cli.backends import load_backend
 from lenet_cli.devices import AUTO, DeviceSpec
 from lenet_cli.errors import UsageError
 from lenet_cli.events import Events
-from lenet_cli.fileio import ensure_dir
+from lenet_cli.fileio import ensure_dir, refuse_existing
 from lenet_cli.imagefiles import expand_inputs
 from lenet_cli.images import NOT_A_DIGIT
 from lenet_cli.predict import PredictConfig, RowWriter, default_model_path, iter_predictions
@@ -34,6 +34,7 @@ class PredictRequest:
     keep_rows: int | None = None  # how many rows the report keeps (None: all); counts cover every row
     tta: bool = False  # average over one-pixel shifts (tta.py)
     min_confidence: float | None = None  # count the rows under it (or not a digit) as unsure
+    exist_ok: bool = False  # may replace an existing output file
 
 
 @dataclass
@@ -75,6 +76,8 @@ def predict(request: PredictRequest, events: Events | None = None) -> PredictRep
         raise UsageError(f"--min-confidence is a probability between 0 and 1, got {request.min_confidence}.")
     if request.output is not None and request.output.suffix.lower() not in RowWriter.SUFFIXES:
         raise UsageError(f"--output should end in .jsonl or .csv, got {request.output}.")
+    if request.output is not None:
+        refuse_existing(request.output, "--output", request.exist_ok)  # before any image is read
     model_path = default_model_path(request.weights, request.device)
     if request.preview_dir is not None:
         ensure_dir(request.preview_dir, "--save-preview")  # an unwritable preview folder fails before any work

@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from lenet_cli.calibrate import calibrated_logits, fit_temperature
-from lenet_cli.checkpoint import load_checkpoint, save_checkpoint
+from lenet_cli.checkpoint import check_checkpoint_file, load_checkpoint, save_checkpoint
 from lenet_cli.data import MnistSplit, load_split, resolve_data_dir, train_val_split
 from lenet_cli.devices import (
     AUTO,
@@ -75,7 +75,9 @@ class TrainReport:
     test: EvalResult | None = None  # None when stopped inside the first epoch (and on ranks other than 0)
     files: dict[str, Path] = field(default_factory=dict)
     dist: DistContext = SINGLE  # the torchrun launch this process was part of
-    temperature: float = 1.0  # best.safetensors' temperature, fitted on the validation split (calibrate.py)
+    # best.safetensors' temperature, fitted on the validation split (calibrate.py); None: nothing to fit, the
+    # file keeps T = 1.
+    temperature: float | None = None
 
     @property
     def quiet(self) -> bool:
@@ -121,19 +123,20 @@ def resolve_resume(request: TrainRequest) -> tuple[TrainConfig, DeviceSpec, Trai
     return saved, device, state
 
 
-def _fitted_config(model: "LeNet5", state: dict[str, "torch.Tensor"], val_split: MnistSplit,
-                   device: "torch.device") -> "ModelConfig":
-    """The config to save with `state`: the model's, with the temperature that calibrates `state` on the
-    validation split (the model's own, 1, where there is nothing to fit: see `fit_temperature`).
-    Leaves `state` loaded into `model`."""
+def _fit(model: "LeNet5", state: dict[str, "torch.Tensor"], val_split: MnistSplit,
+         device: "torch.device") -> float | None:
+    """The temperature that calibrates `state` on the validation split; None where there is nothing to
+    fit (see `fit_temperature`). Leaves `state` loaded into `model`, which trained at T = 1."""
     from lenet_cli.kernels import speed_up
 
     model.load_state_dict({k: v.to(device) for k, v in state.items()})
     if len(val_split) == 0:
-        return model.cfg
-    logits = torch_logits(speed_up(model, device), val_split.images.to(device))
-    temperature = fit_temperature(logits, val_split.labels)
-    return model.cfg if temperature is None else dataclasses.replace(model.cfg, temperature=temperature)
+        return None
+    return fit_temperature(torch_logits(speed_up(model, device), val_split.images.to(device)), val_split.labels)
+
+
+def _with_temperature(cfg: "ModelConfig", temperature: float | None) -> "ModelConfig":
+    return cfg if temperature is None else dataclasses.replace(cfg, temperature=temperature)
 
 
 def _load_training_data(request: TrainRequest, cfg: TrainConfig, events: Events
@@ -144,7 +147,7 @@ def _load_training_data(request: TrainRequest, cfg: TrainConfig, events: Events
         test = load_split(root, "test", allow_download=request.allow_download)
     if cfg.val_size >= len(full):
         raise UsageError(f"--val-size {cfg.val_size} leaves no training images (the training set has {len(full)}).",
-                         f"Use a --val-size below {len(full)}; the default is 5000.")
+                         f"Use a --val-size below {len(full)}; the default is {TrainConfig().val_size}.")
     train_split, val_split = train_val_split(full, cfg.val_size)
     if cfg.batch_size > len(train_split):
         raise UsageError(f"--batch-size {cfg.batch_size} is larger than the {len(train_split):,} training images "
@@ -181,7 +184,10 @@ def train(request: TrainRequest, events: Events | None = None) -> TrainReport:
     request.config.validate()
     if request.config.preset not in PRESETS:
         raise UsageError(f"Unknown --arch {request.config.preset!r}.", f"Choose one of: {', '.join(PRESETS)}.")
-    default = checkpoint_path(request.resume).parent if request.resume is not None else None
+    default = None
+    if request.resume is not None:
+        # A mistyped --resume fails here, before any folder is chosen, locked or created.
+        default = check_checkpoint_file(checkpoint_path(request.resume)).parent
     ctx = detect()
     if ctx.active:
         return _train_distributed(request, ctx, events, request.output_dir or default)
@@ -278,14 +284,15 @@ def _train_in(out_dir: Path, request: TrainRequest, cfg: TrainConfig, spec: Devi
             return report
         # Each saved state gets its own temperature, fitted on the validation split; best last, so that
         # the model holds the best weights for the test pass.
-        configs = {}
+        temperatures = {}
         if result.last_state:  # empty when resumed mid-epoch and stopped again: no last.safetensors then
-            configs["last"] = _fitted_config(result.model, result.last_state, val_split, device)
-        configs["best"] = (configs["last"] if result.best_state is result.last_state  # a finished run: fitted once
-                           else _fitted_config(result.model, result.best_state, val_split, device))
-        report.temperature = configs["best"].temperature
+            temperatures["last"] = _fit(result.model, result.last_state, val_split, device)
+        temperatures["best"] = (temperatures["last"] if result.best_state is result.last_state  # fitted once
+                                else _fit(result.model, result.best_state, val_split, device))
+        configs = {name: _with_temperature(result.model.cfg, t) for name, t in temperatures.items()}
+        report.temperature = temperatures["best"]
         net = speed_up(result.model, device)  # the CPU paths where they apply, as for validation
-        logits = calibrated_logits(torch_logits(net, test.images.to(device)), report.temperature)
+        logits = calibrated_logits(torch_logits(net, test.images.to(device)), configs["best"].temperature)
         report.test = metrics_from_logits(logits, test.labels)
         test_metrics = {"test_accuracy": report.test.accuracy, "test_loss": report.test.loss}
         report.files = save_run(result, cfg, out_dir, test_metrics, device=str(spec),

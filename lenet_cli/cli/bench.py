@@ -15,7 +15,7 @@ from lenet_cli.cli.console import (
     run_and_show,
     warn,
 )
-from lenet_cli.cli.options import DataDirOpt, DeviceOpt, JsonOpt, WeightsOpt, device_spec, examples
+from lenet_cli.cli.options import DataDirOpt, DeviceOpt, ExistOkOpt, JsonOpt, WeightsOpt, device_spec, examples
 from lenet_cli.errors import UsageError
 
 EPILOG = examples(
@@ -61,6 +61,7 @@ def bench(
                                            help="Also time a typical tutorial's DataLoader training pipeline.")] = True,
     worker_timeout: Annotated[float, typer.Option(help="Seconds each measurement's process may take.",
                                                   min=0.0)] = 600.0,
+    exist_ok: ExistOkOpt = False,
     json_out: JsonOpt = False,
 ) -> None:
     """Measure inference latency and throughput per backend, and training speed, on this machine.
@@ -75,7 +76,7 @@ def bench(
         weights=weights, device=device_spec(device), batch_sizes=parse_int_list(batch_sizes, "--batch-sizes"),
         backends=tuple(b.strip() for b in backends.split(",") if b.strip()), seconds=seconds, quick=quick,
         output=output, train_batch_size=train_batch_size, tutorial=tutorial, repeats=repeats, data_dir=data_dir,
-        accuracy=accuracy, worker_timeout=worker_timeout)
+        accuracy=accuracy, worker_timeout=worker_timeout, exist_ok=exist_ok)
     run_and_show(api.bench, request, render, json_out)
 
 

@@ -20,7 +20,7 @@ from rich.table import Table
 from lenet_cli.distributed import process_label
 from lenet_cli.evaluate import pct
 from lenet_cli.events import Events
-from lenet_cli.records import EpochRecord
+from lenet_cli.records import EpochRecord, json_safe
 
 if TYPE_CHECKING:  # pragma: no cover
     from rich.live import Live
@@ -34,7 +34,7 @@ err = Console(stderr=True, highlight=False)
 
 def print_json(data: Any) -> None:
     """Machine-readable output: plain JSON on stdout, no colour, no wrapping."""
-    sys.stdout.write(json.dumps(data, indent=2, default=str) + "\n")
+    sys.stdout.write(json.dumps(json_safe(data), indent=2, default=str) + "\n")
     sys.stdout.flush()
 
 
@@ -71,12 +71,17 @@ def columns_table(title: str, columns: tuple[str, ...], first_left: bool = False
     return table
 
 
+def loss_text(loss: float) -> str:
+    """A loss to 4 places; 'n/a' for NaN (a run without a validation split), like `pct`."""
+    return "n/a" if loss != loss else f"{loss:.4f}"
+
+
 def epoch_table(history: list[EpochRecord], best_epoch: int | None = None) -> Table:
     """One row per epoch: train/val loss and accuracy, learning rate, time."""
     table = columns_table("Training", ("epoch", "train loss", "train acc", "val loss", "val acc", "lr", "time", "img/s"))
     for r in history:
         mark = " *" if r.epoch == best_epoch else ""
-        table.add_row(f"{r.epoch}{mark}", f"{r.train_loss:.4f}", pct(r.train_acc), f"{r.val_loss:.4f}",
+        table.add_row(f"{r.epoch}{mark}", f"{r.train_loss:.4f}", pct(r.train_acc), loss_text(r.val_loss),
                       pct(r.val_acc), f"{r.lr:.2e}", f"{r.seconds:.1f}s", f"{r.images_per_s:,.0f}")
     if best_epoch:
         table.caption = "* best.safetensors: a finished run's last epoch, else the best val acc"
@@ -225,7 +230,7 @@ class RichEvents(Events):
             return
         err.print(
             f"epoch {record.epoch:>3}/{self.epochs}  train loss {record.train_loss:.4f} acc {pct(record.train_acc)}  "
-            f"val loss {record.val_loss:.4f} acc {pct(record.val_acc)}  lr {record.lr:.2e}  "
+            f"val loss {loss_text(record.val_loss)} acc {pct(record.val_acc)}  lr {record.lr:.2e}  "
             f"{record.seconds:.1f}s  {record.images_per_s:,.0f} img/s",
             soft_wrap=True,
         )

@@ -11,6 +11,7 @@ from lenet_cli import api
 from lenet_cli.cli.console import columns_table, out, pct, run_and_show
 from lenet_cli.cli.options import (
     DataDirOpt,
+    ExistOkOpt,
     JsonOpt,
     NoDownloadOpt,
     WeightsOpt,
@@ -42,6 +43,7 @@ def export(
     ] = None,
     data_dir: DataDirOpt = None,
     no_download: NoDownloadOpt = False,
+    exist_ok: ExistOkOpt = False,
     json_out: JsonOpt = False,
 ) -> None:
     """Export to ONNX (dynamic batch, standard operators, raw 0-255 pixels in) and verify it.
@@ -52,7 +54,7 @@ def export(
     if not onnx:
         raise UsageError("Choose a format: --onnx.", "Example: lenet export --onnx --output model.onnx")
     request = api.ExportRequest(weights=weights, output=output, opset=opset, quantize=quantize, data_dir=data_dir,
-                                allow_download=not no_download)
+                                allow_download=not no_download, exist_ok=exist_ok)
     run_and_show(api.export, request, render, json_out)
 
 

@@ -24,6 +24,8 @@ WeightsOpt = Annotated[
                  "[default: the bundled model]", show_default=False, readable=False),
 ]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print machine-readable JSON on stdout instead of tables.")]
+ExistOkOpt = Annotated[bool, typer.Option("--exist-ok", help="Replace the --output file if it exists already "
+                                          "(without it, an existing file is refused).")]
 TtaOpt = Annotated[bool, typer.Option("--tta", help="Test-time augmentation: average the probabilities over each "
                                       "image and its 8 one-pixel shifts (9 passes per image).")]
 

@@ -13,7 +13,7 @@ from rich.table import Table
 
 from lenet_cli import api
 from lenet_cli.cli.console import RichEvents, error, out, run_and_show
-from lenet_cli.cli.options import JsonOpt, TtaOpt, WeightsOpt, device_spec, examples
+from lenet_cli.cli.options import ExistOkOpt, JsonOpt, TtaOpt, WeightsOpt, device_spec, examples
 from lenet_cli.devices import DEVICE_HELP
 from lenet_cli.errors import EXIT_FAILURE, IMAGE_HINTS, UnsureError, UsageError
 
@@ -57,6 +57,7 @@ def predict(
                                       "below this (0-1), or its image is not a digit.", min=0.0, max=1.0,
                                       show_default=False)
     ] = None,
+    exist_ok: ExistOkOpt = False,
     json_out: JsonOpt = False,
 ) -> None:
     """Classify images of digits: photos, scans, drawings, icons, MNIST crops.
@@ -76,7 +77,7 @@ def predict(
     request = api.PredictRequest(images=tuple(images), weights=weights, device=device_spec(device), top_k=top_k,
                                  invert=invert, preview_dir=save_preview, output=output, tta=tta,
                                  keep_rows=None if json_out else (0 if jsonl else TABLE_ROWS),
-                                 min_confidence=min_confidence)
+                                 min_confidence=min_confidence, exist_ok=exist_ok)
     if jsonl:
         with JsonLinesEvents() as events:
             report = api.predict(request, events)

@@ -27,6 +27,7 @@ from lenet_cli.cli.options import (
     device_spec,
     examples,
 )
+from lenet_cli.calibrate import MIN_IMAGES
 from lenet_cli.errors import EXIT_INTERRUPTED
 from lenet_cli.records import TrainConfig
 
@@ -56,7 +57,8 @@ def train(
         Optional[Path], typer.Option("--output-dir", "-o", help="Where weights, history and curves go. "
                                      "[default: runs/train-<time>]", show_default=False)
     ] = None,
-    val_size: Annotated[int, typer.Option(help="Training images held out for validation (model selection).",
+    val_size: Annotated[int, typer.Option(help="Training images held out for validation: it picks best.safetensors and fits the "
+                                          f"temperature (under {MIN_IMAGES:,}: none fitted).",
                                           min=0)] = D.val_size,
     weight_decay: Annotated[float, typer.Option(help="AdamW/SGD weight decay.", min=0.0)] = D.weight_decay,
     optimizer: Annotated[str, typer.Option(help="adamw | sgd.")] = D.optimizer,
@@ -96,8 +98,10 @@ def train(
     Holds out --val-size training images to measure every epoch. best.safetensors
     is the last epoch of a finished run (the one-cycle schedule ends at its best);
     a stopped run keeps the epoch with the best validation accuracy. The 10,000
-    test images are only used for the final report. Also writes last.safetensors,
-    history.csv, history.json and curves.png.
+    test images are only used for the final report. Each saved model gets a
+    temperature fitted on the validation split, so its probabilities are
+    calibrated (accuracy unchanged). Also writes last.safetensors, history.csv,
+    history.json and curves.png.
 
     Under torchrun (torchrun --standalone --nproc-per-node N -m lenet_cli train ...)
     the processes train in DistributedDataParallel, --batch-size being the global
@@ -141,8 +145,9 @@ def render(report: api.TrainReport) -> None:
         ("best epoch", f"{result.best_epoch} (validation accuracy {pct(best.val_acc) if best else 'n/a'})"),
         ("test accuracy", f"{pct(test.accuracy)}  ({test.count - test.correct} errors of {test.count:,})"),
         ("test loss", f"{test.loss:.4f}"),
-        ("temperature", f"{report.temperature:g} (calibration, fitted on the validation split)" if report.temperature != 1
-         else "1 (none fitted: no validation split of 1,000 images or more, or no mistake in it)"),
+        ("temperature", f"{report.temperature:g} (calibration, fitted on the validation split)"
+         if report.temperature is not None else
+         f"1 (none fitted: no validation split of {MIN_IMAGES:,} images or more, or no mistake in it)"),
     ]))
     files = Table(title="Files", title_justify="left", show_header=False)
     files.add_column(style="bold")
