@@ -6,6 +6,7 @@ Only Pillow and numpy: `lenet predict` must not import torch.
 from __future__ import annotations
 
 import io
+import os
 import stat
 import sys
 import warnings
@@ -34,6 +35,9 @@ def load_gray(path: Path) -> tuple[np.ndarray, np.ndarray | None]:
     if not path.exists():
         raise ImageError(f"{path}: file not found.", kind="not_found")
     if path.is_dir():
+        if os.access(path, os.R_OK | os.X_OK):
+            raise ImageError(f"{path}: a folder with no images in it (its subfolders are not searched; "
+                             f"a quoted '{path}/**/*.png' searches them).", kind="not_found")
         raise ImageError(f"{path}: is a folder whose images could not be listed.", kind="unreadable")
     what = not_a_file(path)
     if what is not None:  # never opened: a named pipe would block the whole run
@@ -231,6 +235,14 @@ def expand_inputs(items: list[str]) -> list[Path | str]:
     """
     import glob
 
+    def folder(p: Path) -> list[Path]:
+        try:
+            # Hidden files (macOS "._x.png" resource forks, ".DS_Store") are not the user's images.
+            return sorted(q for q in p.iterdir()
+                          if q.is_file() and q.suffix.lower() in SUPPORTED and not q.name.startswith("."))
+        except OSError:
+            return [p]  # reported in its row: a folder that cannot be listed
+
     paths: list[Path | str] = []
     for item in items:
         if item == STDIN or is_url(item):
@@ -238,17 +250,14 @@ def expand_inputs(items: list[str]) -> list[Path | str]:
             continue
         p = Path(item).expanduser()
         if p.is_dir():
-            try:
-                # Hidden files (macOS "._x.png" resource forks, ".DS_Store") are not the user's images.
-                paths += sorted(q for q in p.iterdir()
-                                if q.is_file() and q.suffix.lower() in SUPPORTED and not q.name.startswith("."))
-            except OSError:
-                paths.append(p)  # reported in its row: a folder that cannot be listed
+            paths += folder(p) or [p]  # a folder without images is reported in its row, not skipped
         elif p.exists() or not any(ch in item for ch in "*?["):
             paths.append(p)  # a real file named "z[1].png" is that file, not a pattern
         else:
-            matches = sorted(glob.glob(str(p), recursive=True))
-            paths += [Path(m) for m in matches if Path(m).is_file()]
+            matches = [Path(m) for m in sorted(glob.glob(str(p), recursive=True))]
+            # A folder the pattern matches counts as if it had been named, as the shell's expansion would
+            # give it: 'scans/*' reads the images of scans/'s subfolders.
+            paths += [q for m in matches for q in (folder(m) if m.is_dir() else [m])]
             if not matches:
                 paths.append(p)
-    return paths
+    return list(dict.fromkeys(paths))  # once each: 'scans/**' matches a file and the folder it is in

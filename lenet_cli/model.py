@@ -52,6 +52,10 @@ C3_TABLE = (
 )
 
 
+class UnknownConfigKeys(ValueError):
+    """A config with keys this version does not know: written by a newer lenet."""
+
+
 @dataclass(frozen=True)
 class ModelConfig:
     """Everything needed to rebuild a model. Saved inside every weights file."""
@@ -98,7 +102,7 @@ class ModelConfig:
         names = {f.name for f in dataclasses.fields(cls)}
         unknown = set(data) - names
         if unknown:
-            raise ValueError(f"unknown model config keys: {sorted(unknown)}")
+            raise UnknownConfigKeys(f"unknown model config keys: {sorted(unknown)}")
         data.setdefault("pool_first", False)  # lenet 0.1.0 files pool last
         cfg = cls(**data)
         cfg.check()

@@ -284,9 +284,9 @@ def create_app(model: ServedModel, cfg: ServeConfig = ServeConfig()) -> "FastAPI
             limiter.append(anyio.CapacityLimiter(cfg.workers))
         work = functools.partial(classify_upload, model, data, cfg, top_k, invert, preview)
         row = await anyio.to_thread.run_sync(work, limiter=limiter[0])
-        app.state.requests += 1
         if row.get("error"):
             return error(row["error"], row["error_kind"])
+        app.state.requests += 1  # images classified: a failed upload is not one
         return row
 
     return app

@@ -28,6 +28,9 @@ if TYPE_CHECKING:  # pragma: no cover
     )
 
 FORMAT_TAG = "lenet-cli/weights-v1"
+# checkpoint.py's tags start so (it imports this module, so the prefix is spelled here): a checkpoint
+# given where weights belong gets its own message.
+CHECKPOINT_FORMAT_PREFIX = "lenet-cli/checkpoint"
 BUNDLED_NAME = "lenet5-modern.safetensors"
 # The same model exported with `lenet export --onnx`: `predict` runs it through onnxruntime
 # so that its default path never imports torch (2+ s on a small machine).
@@ -148,7 +151,7 @@ def read_info(path: Path) -> tuple[WeightsInfo, dict[str, "torch.Tensor"]]:
     """Read and validate a weights file; raise WeightsError with a clear message if it is not one of ours."""
     from safetensors.torch import load
 
-    from lenet_cli.model import ModelConfig
+    from lenet_cli.model import ModelConfig, UnknownConfigKeys
 
     path = Path(path)
     try:
@@ -157,7 +160,8 @@ def read_info(path: Path) -> tuple[WeightsInfo, dict[str, "torch.Tensor"]]:
         raise WeightsError(f"Cannot read weights file {path}: {exc.strerror or exc}.",
                            "Check that the file exists and that you may read it.") from exc
     if path.suffix.lower() == ".onnx":
-        raise WeightsError(f"{path} looks like an ONNX file, which this command cannot load as PyTorch weights.")
+        raise WeightsError(f"{path} looks like an ONNX file, which this command cannot load as PyTorch weights.",
+                           "Pass the .safetensors file it was exported from.")
     try:
         tensors = load(raw)
         metadata = read_metadata(raw)
@@ -166,6 +170,9 @@ def read_info(path: Path) -> tuple[WeightsInfo, dict[str, "torch.Tensor"]]:
             f"{path} is not a valid safetensors file ({first_line(exc, 200)}).",
             "The file is corrupt or truncated; re-create it with `lenet train`.",
         ) from exc
+    if metadata.get("format", "").startswith(CHECKPOINT_FORMAT_PREFIX):
+        raise WeightsError(f"{path} is a training checkpoint (to continue a run with --resume), not a weights file.",
+                           f"Pass best.safetensors or last.safetensors from {path.parent}.")
     if metadata.get("format") != FORMAT_TAG:
         raise WeightsError(
             f"{path} is a safetensors file but not a lenet weights file (no '{FORMAT_TAG}' metadata).",
@@ -184,6 +191,14 @@ def read_info(path: Path) -> tuple[WeightsInfo, dict[str, "torch.Tensor"]]:
             version=str(metadata.get("lenet_cli_version", "")),
             sha256=hashlib.sha256(raw).hexdigest(),
         )
+    except UnknownConfigKeys as exc:
+        made_by = metadata.get("lenet_cli_version") or "a newer version"
+        if made_by == __version__:  # this very version does not write such keys: the file was edited
+            raise WeightsError(f"{path} has unreadable lenet metadata ({first_line(exc, 200)}).",
+                               "The file was edited or damaged; re-create it with `lenet train`.") from exc
+        raise WeightsError(f"{path} was written by lenet {made_by}, which knows more than this lenet "
+                           f"{__version__} ({first_line(exc, 200)}).",
+                           f"Read it with lenet {made_by} or newer.") from exc
     except (KeyError, ValueError, TypeError) as exc:
         raise WeightsError(f"{path} has unreadable lenet metadata ({first_line(exc, 200)}).",
                            "The file was edited or damaged; re-create it with `lenet train`.") from exc

@@ -389,10 +389,25 @@ def test_an_unexpected_failure_in_one_file_is_its_row_only(tmp_path, monkeypatch
     assert five["prediction"] == 5
 
 
-def test_no_images_is_a_usage_error(tmp_path):
-    (tmp_path / "empty-dir").mkdir()
+def test_a_folder_without_images_is_a_failed_row_like_a_missing_file(tmp_path):
+    (tmp_path / "empty-dir" / "sub").mkdir(parents=True)
     result = runner.invoke(app, ["predict", str(tmp_path / "empty-dir")])
-    assert result.exit_code == 2 and "No images" in result.output and "Traceback" not in result.output
+    assert result.exit_code == 1 and "no images in it" in result.output and "Traceback" not in result.output
+    assert "**/*.png" in result.output  # says how to search its subfolders
+
+
+def test_a_pattern_that_finds_no_images_is_a_usage_error(tmp_path):
+    (tmp_path / "a" / "b").mkdir(parents=True)
+    result = runner.invoke(app, ["predict", str(tmp_path / "a" / "*")])  # matches only an empty folder
+    assert result.exit_code == 2 and "No images found" in result.output and "Traceback" not in result.output
+
+
+def test_a_pattern_reads_the_folders_it_matches_once_each(tmp_path):
+    (tmp_path / "scans" / "x").mkdir(parents=True)
+    digit_image(3).save(tmp_path / "scans" / "x" / "three.png")
+    for pattern in ("scans/*", "scans/**"):
+        code, report = predict(str(tmp_path / pattern))
+        assert code == 0 and [r["prediction"] for r in report["results"]] == [3], pattern
 
 
 def test_unwritable_preview_folder_fails_before_work(tmp_path):

@@ -359,7 +359,7 @@ def test_the_real_command_serves_and_stops_cleanly(how):
         if proc.poll() is None:
             proc.kill()
     assert proc.returncode == 0, stderr
-    assert "Stopped after 1 image(s)." in stderr and "Traceback" not in stderr
+    assert "Stopped after 1 image(s) classified." in stderr and "Traceback" not in stderr
     port = int(url.rsplit(":", 1)[1])
     with socket.socket() as s:  # nothing listens there any more (SO_REUSEADDR: as a restart would bind it)
         s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
@@ -380,4 +380,4 @@ def test_all_interfaces_warns_and_a_busy_port_is_one_line_and_exit_1():
         if proc.poll() is None:
             proc.kill()
     assert "Warning:" in before and "all network interfaces" in before
-    assert proc.returncode == 0 and "Stopped after 0 image(s)." in stderr
+    assert proc.returncode == 0 and "Stopped after 0 image(s) classified." in stderr

@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from lenet_cli.data import load_split, resolve_data_dir
-from lenet_cli.errors import OutputError
+from lenet_cli.errors import OutputError, WeightsError
 from lenet_cli.events import Events
 from lenet_cli.export import check_options, export_onnx
 from lenet_cli.fileio import ensure_dir, refuse_existing
@@ -61,6 +61,9 @@ def export(request: ExportRequest, events: Events | None = None) -> ExportReport
     output = request.output or Path("lenet5-int8.onnx" if request.quantize else "lenet5.onnx")
     check_options(request.opset, request.quantize, output)
     path = resolve_weights_path(request.weights)
+    if path.suffix.lower() == ".onnx":  # before MNIST is loaded (or downloaded) for the verification
+        raise WeightsError(f"{path} is an ONNX file already; export reads PyTorch weights.",
+                           "Pass the .safetensors file it was exported from.")
     ensure_dir(output.parent, "--output")  # an unwritable --output fails before the export, not after it
     if output.is_dir():
         raise OutputError(f"--output {output} is a directory.", "Give a file name, e.g. --output model.onnx.")

@@ -70,6 +70,9 @@ def predict(request: PredictRequest, events: Events | None = None) -> PredictRep
     """
     events = events or Events()
     paths = expand_inputs(list(request.images))
+    if not paths and request.images:
+        raise UsageError(f"No images found in {', '.join(request.images)}.",
+                         "Give image files, folders of images, or a quoted pattern such as 'scans/**/*.png'.")
     if not paths:
         raise UsageError("No images given.", "Example: lenet predict digit.png")
     if request.min_confidence is not None and not 0.0 <= request.min_confidence <= 1.0:

@@ -56,7 +56,7 @@ def bench(
                                            "on MNIST and check it reaches 99.0% test accuracy.")] = True,
     output: Annotated[Optional[Path], typer.Option("--output", help="Also write the JSON report to this file.")] = None,
     train_batch_size: Annotated[Optional[int], typer.Option(
-        help="Batch size of the timed lenet epoch. [default: lenet train's]", min=1, show_default=False)] = None,
+        help="Batch size of the timed lenet epoch.", min=1, show_default="lenet train's")] = None,
     tutorial: Annotated[bool, typer.Option("--tutorial/--no-tutorial",
                                            help="Also time a typical tutorial's DataLoader training pipeline.")] = True,
     worker_timeout: Annotated[float, typer.Option(help="Seconds each measurement's process may take.",

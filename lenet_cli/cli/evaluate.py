@@ -40,8 +40,8 @@ def eval_(
     device: DeviceOpt = "auto",
     data_dir: DataDirOpt = None,
     output_dir: Annotated[
-        Optional[Path], typer.Option("--output-dir", "-o", help="Where the PNGs go. [default: runs/eval-<time>]",
-                                     show_default=False)
+        Optional[Path], typer.Option("--output-dir", "-o", help="Where the PNGs go.",
+                                     show_default="runs/eval-<time>")
     ] = None,
     plots: Annotated[bool, typer.Option("--plots/--no-plots", help="Write confusion-matrix and misclassified PNGs.")] = True,
     no_download: NoDownloadOpt = False,

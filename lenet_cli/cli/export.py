@@ -31,8 +31,8 @@ def export(
     onnx: Annotated[bool, typer.Option("--onnx", help="Export to ONNX (the only format so far).")] = False,
     weights: WeightsOpt = None,
     output: Annotated[
-        Optional[Path], typer.Option("--output", "-o", help="The .onnx file to write. [default: lenet5.onnx, "
-                                     "or lenet5-int8.onnx with --quantize int8]", show_default=False)
+        Optional[Path], typer.Option("--output", "-o", help="The .onnx file to write.",
+                                     show_default="lenet5.onnx, or lenet5-int8.onnx with --quantize int8")
     ] = None,
     opset: Annotated[int, typer.Option(help="ONNX opset version (18 or newer: PyTorch's exporter starts there).",
                                        min=MIN_OPSET, max=MAX_OPSET)] = DEFAULT_OPSET,

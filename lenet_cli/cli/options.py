@@ -14,14 +14,14 @@ from lenet_cli.devices import DEVICE_HELP, DeviceSpec, parse_device
 DeviceOpt = Annotated[str, typer.Option("--device", "-d", help=DEVICE_HELP)]
 DataDirOpt = Annotated[
     Optional[Path],
-    typer.Option("--data-dir", help="Folder with the MNIST files. [default: $LENET_DATA_DIR or ~/.cache/lenet]",
-                 show_default=False, readable=False),
+    typer.Option("--data-dir", help="Folder with the MNIST files.",
+                 show_default="$LENET_DATA_DIR or ~/.cache/lenet", readable=False),
 ]
 NoDownloadOpt = Annotated[bool, typer.Option("--no-download", help="Never download MNIST; fail if it is missing.")]
 WeightsOpt = Annotated[
     Optional[Path],
-    typer.Option("--weights", "-w", help="A .safetensors file from `lenet train` (or .onnx where supported). "
-                 "[default: the bundled model]", show_default=False, readable=False),
+    typer.Option("--weights", "-w", help="A .safetensors file from `lenet train` (or .onnx where supported).",
+                 show_default="the bundled model", readable=False),
 ]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print machine-readable JSON on stdout instead of tables.")]
 ExistOkOpt = Annotated[bool, typer.Option("--exist-ok", help="Replace the --output file if it exists already "

@@ -39,8 +39,8 @@ def predict(
                                         "onnxruntime on the CPU (no torch).")] = "auto",
     top_k: Annotated[int, typer.Option("--top-k", "-k", help="How many top classes to show.", min=1, max=10)] = 3,
     invert: Annotated[
-        Optional[bool], typer.Option("--invert/--no-invert", help="Force polarity (dark ink on light paper = invert). "
-                                     "[default: detect]", show_default=False)
+        Optional[bool], typer.Option("--invert/--no-invert", help="Force polarity (dark ink on light paper = invert).",
+                                     show_default="detect")
     ] = None,
     save_preview: Annotated[
         Optional[Path], typer.Option("--save-preview", help="Write the 28x28 images the model saw into this folder.")

@@ -31,8 +31,8 @@ def serve(
                                       min=0, max=65535)] = 8000,
     weights: WeightsOpt = None,
     workers: Annotated[Optional[int], typer.Option(
-        help="Images classified at the same time (threads sharing one onnxruntime session). "
-        "[default: the CPU cores, at most 4]", min=1, max=64, show_default=False)] = None,
+        help="Images classified at the same time (threads sharing one onnxruntime session).",
+        min=1, max=64, show_default="the CPU cores, at most 4")] = None,
 ) -> None:
     """Serve a page to draw or upload a digit, and an HTTP API, on the bundled model or --weights.
 
@@ -47,4 +47,4 @@ def serve(
     request = api.ServeRequest(host=host, port=port, weights=weights, workers=workers)
     with RichEvents() as events:
         report = api.serve(request, events)
-    note(f"Stopped after {report.requests:,} image(s).")
+    note(f"Stopped after {report.requests:,} image(s) classified.")

@@ -54,8 +54,8 @@ def train(
     arch: Annotated[str, typer.Option("--arch", "--preset", help="Model preset: modern | classic.")] = D.preset,
     data_dir: DataDirOpt = None,
     output_dir: Annotated[
-        Optional[Path], typer.Option("--output-dir", "-o", help="Where weights, history and curves go. "
-                                     "[default: runs/train-<time>]", show_default=False)
+        Optional[Path], typer.Option("--output-dir", "-o", help="Where weights, history and curves go.",
+                                     show_default="runs/train-<time>")
     ] = None,
     val_size: Annotated[int, typer.Option(help="Training images held out for validation: it picks best.safetensors and fits the "
                                           f"temperature (under {MIN_IMAGES:,}: none fitted).",
@@ -143,11 +143,12 @@ def render(report: api.TrainReport) -> None:
         ("device", f"{report.device_name}, {report.config.precision}"),
         ("training time", f"{result.train_seconds:.1f}s"),
         ("best epoch", f"{result.best_epoch} (validation accuracy {pct(best.val_acc) if best else 'n/a'})"),
-        ("test accuracy", f"{pct(test.accuracy)}  ({test.count - test.correct} errors of {test.count:,})"),
+        ("test accuracy", f"{pct(test.accuracy)}  ({test.count - test.correct:,} errors of {test.count:,})"),
         ("test loss", f"{test.loss:.4f}"),
         ("temperature", f"{report.temperature:g} (calibration, fitted on the validation split)"
          if report.temperature is not None else
-         f"1 (none fitted: no validation split of {MIN_IMAGES:,} images or more, or no mistake in it)"),
+         f"1 (none fitted: a validation split under {MIN_IMAGES:,} images, without a mistake, or whose loss has "
+         "no minimum in range)"),
     ]))
     files = Table(title="Files", title_justify="left", show_header=False)
     files.add_column(style="bold")
