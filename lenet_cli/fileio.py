@@ -98,6 +98,8 @@ def refuse_existing(path: Path, option: str, exist_ok: bool) -> None:
 
     Called before any work, so a refused command has spent nothing and changed nothing.
     """
+    if os.path.isdir(path):  # never replaced, asked or not
+        raise OutputError(f"{option} {path} is a directory.", f"Give a file name with {option}.")
     if exist_ok or not os.path.lexists(path):
         return
     raise OutputError(f"{option} {path} exists already.", f"Add --exist-ok to replace it, or choose another {option}.")

@@ -254,10 +254,11 @@ def expand_inputs(items: list[str]) -> list[Path | str]:
         elif p.exists() or not any(ch in item for ch in "*?["):
             paths.append(p)  # a real file named "z[1].png" is that file, not a pattern
         else:
-            matches = [Path(m) for m in sorted(glob.glob(str(p), recursive=True))]
-            # A folder the pattern matches counts as if it had been named, as the shell's expansion would
-            # give it: 'scans/*' reads the images of scans/'s subfolders.
-            paths += [q for m in matches for q in (folder(m) if m.is_dir() else [m])]
+            matches = [Path(m) for m in glob.glob(str(p), recursive=True)]
+            # The images of a folder the pattern matches are read, as with the shell's expansion of it:
+            # 'scans/*' reads those of scans/'s subfolders. Each once, in order: 'scans/**' matches a
+            # file and the folder it is in.
+            paths += sorted({q for m in matches for q in (folder(m) if m.is_dir() else [m])})
             if not matches:
                 paths.append(p)
-    return list(dict.fromkeys(paths))  # once each: 'scans/**' matches a file and the folder it is in
+    return paths

@@ -172,7 +172,7 @@ def read_info(path: Path) -> tuple[WeightsInfo, dict[str, "torch.Tensor"]]:
         ) from exc
     if metadata.get("format", "").startswith(CHECKPOINT_FORMAT_PREFIX):
         raise WeightsError(f"{path} is a training checkpoint (to continue a run with --resume), not a weights file.",
-                           f"Pass best.safetensors or last.safetensors from {path.parent}.")
+                           f"Pass best.safetensors or last.safetensors from {path.parent.resolve()}.")
     if metadata.get("format") != FORMAT_TAG:
         raise WeightsError(
             f"{path} is a safetensors file but not a lenet weights file (no '{FORMAT_TAG}' metadata).",
@@ -192,17 +192,28 @@ def read_info(path: Path) -> tuple[WeightsInfo, dict[str, "torch.Tensor"]]:
             sha256=hashlib.sha256(raw).hexdigest(),
         )
     except UnknownConfigKeys as exc:
-        made_by = metadata.get("lenet_cli_version") or "a newer version"
-        if made_by == __version__:  # this very version does not write such keys: the file was edited
-            raise WeightsError(f"{path} has unreadable lenet metadata ({first_line(exc, 200)}).",
-                               "The file was edited or damaged; re-create it with `lenet train`.") from exc
-        raise WeightsError(f"{path} was written by lenet {made_by}, which knows more than this lenet "
-                           f"{__version__} ({first_line(exc, 200)}).",
-                           f"Read it with lenet {made_by} or newer.") from exc
+        made_by = str(metadata.get("lenet_cli_version", ""))
+        if release(made_by) > release(__version__):
+            raise WeightsError(f"{path} was written by lenet {made_by}, which knows more than this lenet "
+                               f"{__version__} ({first_line(exc, 200)}).",
+                               f"Read it with lenet {made_by} or newer.") from exc
+        # Not from a newer version: this one, or an older one, never wrote such keys.
+        raise WeightsError(f"{path} has unreadable lenet metadata ({first_line(exc, 200)}).",
+                           "The file was edited or damaged; re-create it with `lenet train`.") from exc
     except (KeyError, ValueError, TypeError) as exc:
         raise WeightsError(f"{path} has unreadable lenet metadata ({first_line(exc, 200)}).",
                            "The file was edited or damaged; re-create it with `lenet train`.") from exc
     return info, tensors
+
+
+def release(version: str) -> tuple[int, ...]:
+    """The leading numbers of a version string: "0.2.0.dev0" -> (0, 2, 0); () when there are none."""
+    parts = []
+    for part in version.split("."):
+        if not part.isdigit():
+            break
+        parts.append(int(part))
+    return tuple(parts)
 
 
 def _json_field(metadata: dict[str, str], key: str, kind: type) -> Any:

@@ -701,3 +701,48 @@ def test_usage_errors_of_the_installed_command_are_one_line(args, words):
     assert len(lines) == 1 and lines[0].startswith("Error: "), result.stderr
     for word in words:
         assert word in lines[0], (word, lines[0])
+
+
+# ------------------------------------------------------------------ the wrong kind of file, said plainly
+
+
+def test_a_checkpoint_given_as_weights_says_what_it_is(tmp_path):
+    ckpt = Path(__file__).parent / "fixtures" / "checkpoint-0.2.0.dev0-adamw.safetensors"
+    result = invoke("eval", "--weights", ckpt)
+    assert_clean_error(result, 1, "training checkpoint", "best.safetensors")
+
+
+def test_export_reads_the_weights_before_mnist(tmp_path):
+    # No MNIST here (LENET_DATA_DIR is an empty folder): the file's own error comes first, not a download.
+    result = invoke("export", "--onnx", "--weights", BUNDLED_ONNX, "--output", tmp_path / "x.onnx", "--no-download")
+    assert_clean_error(result, 1, "ONNX file", ".safetensors")
+    assert not (tmp_path / "x.onnx").exists()
+
+
+def _with_unknown_config_key(path: Path, version: str) -> Path:
+    from safetensors import safe_open
+    from safetensors.torch import load_file, save_file
+
+    with safe_open(str(BUNDLED_ST), "pt") as f:
+        metadata = f.metadata()
+    config = json.loads(metadata["model_config"]) | {"a_later_field": 1}
+    save_file(load_file(str(BUNDLED_ST)), str(path),
+              metadata=metadata | {"model_config": json.dumps(config), "lenet_cli_version": version})
+    return path
+
+
+def test_weights_from_a_newer_lenet_name_its_version(tmp_path):
+    from lenet_cli import __version__
+
+    result = invoke("eval", "--weights", _with_unknown_config_key(tmp_path / "new.safetensors", "99.0"))
+    assert_clean_error(result, 1, "written by lenet 99.0", "99.0 or newer")
+    # The same key in a file that claims this version (or none) was edited: no upgrade would read it.
+    for version in (__version__, ""):
+        result = invoke("eval", "--weights", _with_unknown_config_key(tmp_path / "edited.safetensors", version))
+        assert_clean_error(result, 1, "edited or damaged")
+
+
+def test_a_mistyped_resume_creates_nothing(tmp_path):
+    result = invoke("train", "--resume", tmp_path / "a" / "b" / "checkpoint.safetensors", "--no-download")
+    assert_clean_error(result, 1, "Checkpoint not found")
+    assert not (tmp_path / "a").exists()

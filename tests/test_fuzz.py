@@ -233,11 +233,8 @@ def test_any_mix_of_files_pipes_and_folders_streams_one_row_each_in_order(kinds,
         args += [stream]
     result = invoke(args)
     check_clean(result)
-    # Folders are expanded to their images (none here); every other input has its row, in order.
-    expected = [str(p) for p, kind in zip(paths, kinds) if kind != "folder"]
-    if not expected:
-        assert result.exit_code == 2 and "No images given" in result.stderr
-        return
+    # Every input has its row, in order: a folder without images too (named, it is expected to hold some).
+    expected = [str(p) for p in paths]
     if stream == "--jsonl":
         rows = [json.loads(line) for line in result.stdout.splitlines()]
     else:
@@ -245,8 +242,10 @@ def test_any_mix_of_files_pipes_and_folders_streams_one_row_each_in_order(kinds,
     if stream == "--output":
         assert [json.loads(line) for line in out.read_text().splitlines()] == rows
     assert [row["file"] for row in rows] == expected
-    for row, kind in zip(rows, [k for k in kinds if k != "folder"]):
+    for row, kind in zip(rows, kinds):
         assert ("error" in row) == (kind != "image"), row
         if kind == "fifo":
             assert row["error_kind"] == "not_a_file"
-    assert result.exit_code == (1 if any(k != "image" for k in kinds if k != "folder") else 0)
+        if kind == "folder":
+            assert row["error_kind"] == "not_found" and "no images in it" in row["error"]
+    assert result.exit_code == (1 if any(k != "image" for k in kinds) else 0)

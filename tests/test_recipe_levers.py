@@ -88,6 +88,9 @@ def test_every_budget_takes_one_recipe_but_the_clean_epochs_and_options_win():
     # The last two epochs are unaugmented, but never the first: one of two, none of one.
     assert [TrainConfig.for_budget(e).clean_epochs for e in (1, 2, 3, 15)] == [0, 1, 2, 2]
     assert TrainConfig.for_budget(15, clean_epochs=5).clean_epochs == 5
+    # A given value is capped as the default is, so files record the clean epochs that ran.
+    assert TrainConfig.for_budget(3, clean_epochs=5).clean_epochs == 2
+    assert TrainConfig.for_budget(1, clean_epochs=5).clean_epochs == 0
 
 
 def test_clean_epochs_are_the_last_ones_and_only_where_augmenting():

@@ -7,13 +7,12 @@ from pathlib import Path
 from typing import Any
 
 from lenet_cli.data import load_split, resolve_data_dir
-from lenet_cli.errors import OutputError, WeightsError
 from lenet_cli.events import Events
 from lenet_cli.export import check_options, export_onnx
 from lenet_cli.fileio import ensure_dir, refuse_existing
 from lenet_cli.onnx_io import PROB_TOLERANCE, ParityRow
 from lenet_cli.quantize import CALIBRATION_IMAGES, QUANT_MAX_DROP, QuantRow
-from lenet_cli.weights import resolve_weights_path
+from lenet_cli.weights import read_info, resolve_weights_path
 
 
 @dataclass(frozen=True)
@@ -61,13 +60,9 @@ def export(request: ExportRequest, events: Events | None = None) -> ExportReport
     output = request.output or Path("lenet5-int8.onnx" if request.quantize else "lenet5.onnx")
     check_options(request.opset, request.quantize, output)
     path = resolve_weights_path(request.weights)
-    if path.suffix.lower() == ".onnx":  # before MNIST is loaded (or downloaded) for the verification
-        raise WeightsError(f"{path} is an ONNX file already; export reads PyTorch weights.",
-                           "Pass the .safetensors file it was exported from.")
+    read_info(path)  # an ONNX file, a checkpoint or a damaged file fails before MNIST is loaded (or downloaded)
     ensure_dir(output.parent, "--output")  # an unwritable --output fails before the export, not after it
-    if output.is_dir():
-        raise OutputError(f"--output {output} is a directory.", "Give a file name, e.g. --output model.onnx.")
-    refuse_existing(output, "--output", request.exist_ok)
+    refuse_existing(output, "--output", request.exist_ok)  # a directory too
     folder = resolve_data_dir(request.data_dir)
     test = load_split(folder, "test", allow_download=request.allow_download)
     images, labels = test.images.numpy(), test.labels.numpy()

@@ -71,7 +71,7 @@ def predict(request: PredictRequest, events: Events | None = None) -> PredictRep
     events = events or Events()
     paths = expand_inputs(list(request.images))
     if not paths and request.images:
-        raise UsageError(f"No images found in {', '.join(request.images)}.",
+        raise UsageError(f"No images found in {', '.join(map(str, request.images))}.",
                          "Give image files, folders of images, or a quoted pattern such as 'scans/**/*.png'.")
     if not paths:
         raise UsageError("No images given.", "Example: lenet predict digit.png")

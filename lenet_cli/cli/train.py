@@ -9,6 +9,7 @@ import typer
 from rich.table import Table
 
 from lenet_cli import api
+from lenet_cli.calibrate import MIN_IMAGES
 from lenet_cli.cli.console import (
     RichEvents,
     epoch_table,
@@ -27,7 +28,6 @@ from lenet_cli.cli.options import (
     device_spec,
     examples,
 )
-from lenet_cli.calibrate import MIN_IMAGES
 from lenet_cli.errors import EXIT_INTERRUPTED
 from lenet_cli.records import TrainConfig
 
@@ -57,9 +57,9 @@ def train(
         Optional[Path], typer.Option("--output-dir", "-o", help="Where weights, history and curves go.",
                                      show_default="runs/train-<time>")
     ] = None,
-    val_size: Annotated[int, typer.Option(help="Training images held out for validation: it picks best.safetensors and fits the "
-                                          f"temperature (under {MIN_IMAGES:,}: none fitted).",
-                                          min=0)] = D.val_size,
+    val_size: Annotated[int, typer.Option(
+        help=f"Training images held out for validation: it picks best.safetensors and fits the temperature "
+        f"(under {MIN_IMAGES:,}: none fitted).", min=0)] = D.val_size,
     weight_decay: Annotated[float, typer.Option(help="AdamW/SGD weight decay.", min=0.0)] = D.weight_decay,
     optimizer: Annotated[str, typer.Option(help="adamw | sgd.")] = D.optimizer,
     augment: Annotated[bool, typer.Option("--augment/--no-augment",
