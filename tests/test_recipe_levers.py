@@ -224,8 +224,8 @@ def test_train_cli_passes_the_levers(monkeypatch):
 
     seen = []
     monkeypatch.setattr(api, "train", lambda request, events=None: seen.append(request) or (_ for _ in ()).throw(SystemExit(0)))
-    CliRunner().invoke(app, ["train", "--epochs", "1", "--ema", "0.99", "--elastic", "20", "--stroke", "0.5",
-                             "--precision", "bf16", "--clean-epochs", "1"])
+    CliRunner().invoke(app, ["train", "--epochs", "2", "--ema", "0.99", "--elastic", "20", "--stroke", "0.5",
+                             "--precision", "bf16", "--clean-epochs", "1"])  # 2 epochs: one may be clean
     (request,) = seen
     cfg = request.config
     assert (cfg.ema_decay, cfg.elastic, cfg.stroke, cfg.precision, cfg.clean_epochs) == (0.99, 20.0, 0.5, "bf16", 1)
