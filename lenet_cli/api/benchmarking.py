@@ -14,6 +14,7 @@ from lenet_cli.devices import AUTO, DeviceSpec, resolve_device
 from lenet_cli.errors import UsageError
 from lenet_cli.events import Events
 from lenet_cli.fileio import atomic_write_text, ensure_dir, refuse_existing
+from lenet_cli.records import json_safe
 from lenet_cli.weights import resolve_weights_path
 
 BENCH_BACKENDS = ("torch", "torch-compile", "onnxruntime")
@@ -119,5 +120,5 @@ def bench(request: BenchRequest, events: Events | None = None) -> BenchReport:
     data["config"] = ({"batch_sizes": config.pop("batch_sizes"), "device": str(request.device)} | config
                       | {"quick": request.quick})
     if request.output is not None:
-        atomic_write_text(request.output, json.dumps(data, indent=2))
+        atomic_write_text(request.output, json.dumps(json_safe(data), indent=2))
     return BenchReport(data, request.output)

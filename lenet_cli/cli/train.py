@@ -68,10 +68,10 @@ def train(
     label_smoothing: Annotated[float, typer.Option(min=0.0, max=0.99,
                                                    help="Cross-entropy label smoothing.")] = D.label_smoothing,
     clean_epochs: Annotated[Optional[int], typer.Option(
-        "--clean-epochs", min=0, show_default=False,
-        help=f"Train the last N epochs on the digits as they are, without augmentation. Default: "
-             f"{D.clean_epochs}. Never the first epoch: a 2-epoch run has 1, a 1-epoch run none. "
-             "--elastic and --stroke pause with the rest of the augmentation.")] = None,
+        "--clean-epochs", min=0, show_default=f"{D.clean_epochs}, at most --epochs minus 1",
+        help="Train the last N epochs on the digits as they are, without augmentation. Never the first "
+             "epoch: a 2-epoch run has at most 1, a 1-epoch run none. --elastic and --stroke pause with the "
+             "rest of the augmentation.")] = None,
     elastic: Annotated[float, typer.Option("--elastic", min=0.0, help="Strength (alpha, in Simard et al.'s units) of "
                                            "elastic distortion of training digits; 0: none.")] = D.elastic,
     stroke: Annotated[float, typer.Option("--stroke", min=0.0, max=1.0, help="Stroke-width jitter: move each "
