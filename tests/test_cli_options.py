@@ -45,7 +45,7 @@ def run(*args: str):
 def test_train_defaults_come_from_the_config(recorded):
     result = run("train")
     assert result.exit_code == 0, result.output
-    assert recorded == [api.TrainRequest()]
+    assert recorded == [api.TrainRequest(given=frozenset())]  # nothing typed
     assert recorded[0].config == TrainConfig() and recorded[0].device == DeviceSpec("auto")
 
 
@@ -59,7 +59,10 @@ def test_train_every_option_reaches_the_request(recorded, tmp_path):
         config=TrainConfig(preset="classic", epochs=3, batch_size=32, lr=0.01, weight_decay=0.0, optimizer="sgd",
                            label_smoothing=0.1, augment=False, val_size=10, seed=4, dry_run=True),
         device=DeviceSpec("cuda", 1), data_dir=tmp_path / "data", output_dir=tmp_path / "out",
-        allow_download=False)]
+        allow_download=False,
+        # Typed, defaults included (--lr 0.01, --label-smoothing 0.1): with --resume each must agree.
+        given=frozenset({"epochs", "batch_size", "lr", "seed", "preset", "val_size", "weight_decay", "optimizer",
+                         "augment", "label_smoothing", "dry_run"}))]
 
 
 @pytest.mark.parametrize("args", [["train", "--device", "gpu"], ["eval", "--device", "cuda:x"],

@@ -344,6 +344,10 @@ def test_cli_resume_with_clashing_option_is_a_usage_error(splits, tmp_path):
     result = CliRunner().invoke(app, ["train", "--resume", str(ckpt), "--epochs", "9"])
     assert result.exit_code == 2
     assert "--epochs differs" in result.output and "Traceback" not in result.output
+    # Typed, a setting counts even where its value is the default: --epochs 15 on a 2-epoch run clashes.
+    result = CliRunner().invoke(app, ["train", "--resume", str(ckpt), "--epochs", "15", "--ema", "0"])
+    assert result.exit_code == 2, result.output
+    assert "--epochs differs" in result.output  # --ema 0 agrees with the checkpoint: no clash
 
 
 def test_resume_of_a_finished_run_writes_its_weights(tiny_mnist, tmp_path):

@@ -83,8 +83,17 @@ def test_a_folder_that_holds_a_run_is_refused_and_kept_byte_for_byte(tiny_mnist,
     assert snapshot(out) == before
     replaced = invoke("train", *FAST, "--seed", "7", "--data-dir", tiny_mnist, "-o", out, "--exist-ok")
     assert replaced.exit_code == 0, replaced.output
-    assert "replaces" in replaced.stderr and "best.safetensors" in replaced.stderr
+    assert "removed the earlier run's" in replaced.stderr and "best.safetensors" in replaced.stderr
     assert snapshot(out)["best.safetensors"] != before["best.safetensors"]
+
+
+def test_exist_ok_never_leaves_the_earlier_run_beside_a_run_that_wrote_less(tiny_mnist, tmp_path):
+    out = tmp_path / "run"
+    assert invoke("train", *FAST, "--data-dir", tiny_mnist, "-o", out).exit_code == 0
+    # This run stops before its first epoch (here: a usage error found once the data is loaded).
+    result = invoke("train", *FAST, "--val-size", "100000", "--data-dir", tiny_mnist, "-o", out, "--exist-ok")
+    assert result.exit_code == 2, result.output
+    assert not any((out / name).exists() for name in RUN_FILES)  # no old best.safetensors posing as this run's
 
 
 HOLD = """

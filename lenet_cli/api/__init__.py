@@ -25,10 +25,10 @@ if TYPE_CHECKING:  # pragma: no cover
     from lenet_cli.api.exporting import ExportReport, ExportRequest, export
     from lenet_cli.api.prediction import PredictReport, PredictRequest, predict
     from lenet_cli.api.serving import ServeReport, ServeRequest, serve
-    from lenet_cli.api.training import TrainReport, TrainRequest, train
+    from lenet_cli.api.training import FIELD_FLAGS, TrainReport, TrainRequest, train
 
 _MODULES = {
-    "training": ("TrainReport", "TrainRequest", "train"),
+    "training": ("FIELD_FLAGS", "TrainReport", "TrainRequest", "train"),
     "evaluation": ("EvalReport", "EvalRequest", "evaluate"),
     "prediction": ("PredictReport", "PredictRequest", "predict"),
     "exporting": ("ExportReport", "ExportRequest", "export"),

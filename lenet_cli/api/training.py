@@ -6,6 +6,7 @@ writes the run folder and reports; the others train their share quietly (distrib
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -60,6 +61,13 @@ class TrainRequest:
     allow_download: bool = True
     resume: Path | None = None  # a run folder or its checkpoint.safetensors
     exist_ok: bool = False  # may replace the files of a run already in output_dir
+    # The TrainConfig fields the user gave (the command line knows); None: count as given those that
+    # differ from the default. With --resume, each given setting must agree with the checkpoint's.
+    given: frozenset[str] | None = None
+
+
+# The options whose names are not their TrainConfig field's.
+FIELD_FLAGS = {"preset": "--arch", "ema_decay": "--ema"}
 
 
 @dataclass
@@ -105,17 +113,21 @@ class TrainReport:
 def resolve_resume(request: TrainRequest) -> tuple[TrainConfig, DeviceSpec, TrainState]:
     """The checkpoint's settings and device; settings given in the request must agree with them.
 
-    A setting counts as given when it differs from the default (the command line cannot tell more).
+    Given: `request.given`, or where it is None, the settings that differ from the default.
     """
     assert request.resume is not None
     state = load_checkpoint(checkpoint_path(request.resume))
-    given, saved = request.config, state.config
-    # What the command line gives when an option is left out: the recipe for the given epoch budget.
-    default = dataclasses.replace(TrainConfig.for_budget(given.epochs), epochs=TrainConfig.epochs)
-    clash = [f.name for f in dataclasses.fields(TrainConfig)
-             if getattr(given, f.name) != getattr(default, f.name) and getattr(given, f.name) != getattr(saved, f.name)]
+    asked, saved = request.config, state.config
+    names = [f.name for f in dataclasses.fields(TrainConfig)]
+    if request.given is not None:
+        given = [name for name in names if name in request.given]
+    else:
+        # What the command line gives when an option is left out: the recipe for the given epoch budget.
+        default = dataclasses.replace(TrainConfig.for_budget(asked.epochs), epochs=TrainConfig.epochs)
+        given = [name for name in names if getattr(asked, name) != getattr(default, name)]
+    clash = [name for name in given if getattr(asked, name) != getattr(saved, name)]
     if clash:
-        flags = ", ".join("--" + name.replace("_", "-") for name in clash)
+        flags = ", ".join(FIELD_FLAGS.get(name, "--" + name.replace("_", "-")) for name in clash)
         verb = "differs" if len(clash) == 1 else "differ"
         raise UsageError(f"--resume continues the run with the settings it was started with; {flags} {verb}.",
                          f"Drop {flags}, or start a new run without --resume.")
@@ -167,7 +179,12 @@ def _check_folder(out_dir: Path, request: TrainRequest, events: Events) -> None:
         raise OutputError(f"{out_dir} already holds a run ({', '.join(files)}).",
                           f"Continue it with `lenet train --resume {out_dir}`, replace its files with --exist-ok, "
                           "or choose another --output-dir.")
-    events.warn(f"--exist-ok: this run replaces {', '.join(files)} in {out_dir}.")
+    # Removed now, under the lock, not as each is rewritten: a run stopped early or diverged would
+    # otherwise leave the earlier run's weights beside its own checkpoint, as if they were its own.
+    for name in files:
+        with contextlib.suppress(FileNotFoundError):
+            (out_dir / name).unlink()
+    events.warn(f"--exist-ok: removed the earlier run's {', '.join(files)} from {out_dir}; this run writes its own.")
 
 
 def train(request: TrainRequest, events: Events | None = None) -> TrainReport:

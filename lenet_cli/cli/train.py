@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 from typing import Annotated, Optional
 
@@ -46,6 +47,7 @@ FILE_LABELS = (("best", "best weights"), ("last", "last weights"), ("curves", "c
 
 
 def train(
+    ctx: typer.Context,
     epochs: Annotated[int, typer.Option(help="Passes over the training set.", min=1)] = D.epochs,
     device: DeviceOpt = "auto",
     batch_size: Annotated[int, typer.Option("--batch-size", "-b", min=1, help="Images per step.")] = D.batch_size,
@@ -114,7 +116,8 @@ def train(
                                  elastic=elastic, stroke=stroke, augment=augment, val_size=val_size, seed=seed,
                                  precision=precision, dry_run=dry_run)
     request = api.TrainRequest(config=cfg, device=device_spec(device), data_dir=data_dir, output_dir=output_dir,
-                               allow_download=not no_download, resume=resume, exist_ok=exist_ok)
+                               allow_download=not no_download, resume=resume, exist_ok=exist_ok,
+                               given=typed_settings(ctx))
     with RichEvents() as events:
         report = api.train(request, events)
     if report.quiet:  # a process of a torchrun launch other than rank 0: rank 0 reports for all
@@ -130,6 +133,21 @@ def train(
         _say_how_to_continue(report)
     if report.result.interrupted:
         raise typer.Exit(EXIT_INTERRUPTED)
+
+
+def typed_settings(ctx: typer.Context) -> frozenset[str]:
+    """The TrainConfig fields whose options were typed, even where the value typed is the default:
+    `--resume run --epochs 15` on a 2-epoch run is a clash, not a silent 2."""
+    option_field = {flag: field for field, flag in api.FIELD_FLAGS.items()}  # --arch -> preset
+    fields = {f.name for f in dataclasses.fields(TrainConfig)}
+    typed = set()
+    for name in ctx.params:
+        source = ctx.get_parameter_source(name)
+        if source is not None and source.name in ("COMMANDLINE", "ENVIRONMENT", "PROMPT"):
+            field = option_field.get("--" + name, name)
+            if field in fields:
+                typed.add(field)
+    return frozenset(typed)
 
 
 def render(report: api.TrainReport) -> None:
