@@ -199,6 +199,7 @@ def create_app(model: ServedModel, cfg: ServeConfig = ServeConfig()) -> "FastAPI
     from fastapi.exceptions import RequestValidationError
     from fastapi.responses import JSONResponse, Response
     from starlette.exceptions import HTTPException
+    from starlette.requests import ClientDisconnect
 
     app = FastAPI(title="lenet serve", version=__version__,
                   description="LeNet-5 on MNIST: draw or upload a digit at `/`, or POST an image to `/api/predict`.")
@@ -210,6 +211,12 @@ def create_app(model: ServedModel, cfg: ServeConfig = ServeConfig()) -> "FastAPI
 
     def error(message: str, kind: str, status: int | None = None) -> JSONResponse:
         return JSONResponse({"error": message, "error_kind": kind}, status_code=status or HTTP_STATUS.get(kind, 400))
+
+    @app.exception_handler(ClientDisconnect)
+    async def _client_left(request: Request, exc: ClientDisconnect) -> Response:
+        # The client closed its connection mid-upload: nobody reads an answer, and it is no server error
+        # (unhandled, it would print a traceback on the server's terminal for every dropped upload).
+        return Response(status_code=400)
 
     @app.exception_handler(HTTPException)
     async def _http_error(request: Request, exc: HTTPException) -> JSONResponse:

@@ -343,6 +343,28 @@ def start_serve(*args: str) -> tuple[subprocess.Popen, str, str]:
     raise AssertionError("lenet serve never said where it listens:\n" + "".join(seen))
 
 
+def test_an_upload_dropped_midway_is_no_server_error():
+    """A client that closes its connection mid-upload gets no answer and leaves no traceback behind."""
+    proc, url, _ = start_serve()
+    try:
+        host, port = url.removeprefix("http://").rsplit(":", 1)
+        for content_type in ("image/png", "multipart/form-data; boundary=xyz"):
+            with socket.create_connection((host, int(port))) as s:
+                s.sendall(f"POST /api/predict HTTP/1.1\r\nHost: x\r\nContent-Type: {content_type}\r\n"
+                          "Content-Length: 100000\r\n\r\n".encode() + b"--xyz" + b"x" * 1000)
+                time.sleep(0.3)
+        req = urllib.request.Request(f"{url}/api/predict", data=digit_png(6), headers={"Content-Type": "image/png"})
+        with urllib.request.urlopen(req, timeout=30) as res:  # still serving
+            assert json.loads(res.read())["prediction"] == 6
+        proc.send_signal(signal.SIGINT)
+        _, stderr = proc.communicate(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 0 and "Traceback" not in stderr, stderr
+    assert "Stopped after 1 image(s) classified." in stderr
+
+
 @pytest.mark.parametrize("how", [signal.SIGTERM, signal.SIGINT])
 def test_the_real_command_serves_and_stops_cleanly(how):
     proc, url, _ = start_serve()
