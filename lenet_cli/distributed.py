@@ -195,9 +195,9 @@ def check_shardable(train_size: int, batch_size: int, world_size: int) -> None:
     """UsageError unless every global batch (the last one too) gives every process at least one image."""
     last = train_size % batch_size or batch_size
     if min(batch_size, last) < world_size:
-        which = (f"the last batch of each epoch has {last} image(s)" if last < batch_size
+        which = (f"the last batch of each epoch has {last} image(s)," if last < batch_size
                  else f"--batch-size {batch_size} is")
-        raise UsageError(f"{which}, fewer than the {world_size} processes: each process needs at least one.",
+        raise UsageError(f"{which} fewer than the {world_size} processes: each process needs at least one.",
                          "Choose a --batch-size that leaves every process at least one image of every batch "
                          "(the training set has "
                          f"{train_size:,} images), or start fewer processes.")

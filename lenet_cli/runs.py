@@ -49,13 +49,16 @@ def checkpoint_path(path: Path) -> Path:
     return path / CHECKPOINT_NAME if path.is_dir() else path
 
 
-def resume_command(checkpoint: Path, data_dir: Path | None, device: str, launcher: list[str] | None = None) -> str:
+def resume_command(checkpoint: Path, data_dir: Path | None, device: str, launcher: list[str] | None = None,
+                   allow_download: bool = True) -> str:
     """The exact command that continues a stopped run (`launcher`: the torchrun words before `train`)."""
     parts = [*(launcher or ["lenet"]), "train", "--resume", str(checkpoint)]
     if data_dir is not None:
         parts += ["--data-dir", str(data_dir)]
     if device != "auto":
         parts += ["--device", device]
+    if not allow_download:
+        parts.append("--no-download")  # an offline run's continuation stays offline
     return " ".join(shlex.quote(p) for p in parts)
 
 

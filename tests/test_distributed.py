@@ -166,7 +166,7 @@ def test_every_process_needs_an_image_of_every_batch():
     check_shardable(500, 32, 4)  # a last batch of 20
     with pytest.raises(UsageError, match="last batch of each epoch has 1 image"):
         check_shardable(65, 32, 2)
-    with pytest.raises(UsageError, match="--batch-size 2 is, fewer than the 3 processes"):
+    with pytest.raises(UsageError, match="--batch-size 2 is fewer than the 3 processes"):
         check_shardable(100, 2, 3)
 
 

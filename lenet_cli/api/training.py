@@ -268,7 +268,7 @@ def _train_in(out_dir: Path, request: TrainRequest, cfg: TrainConfig, spec: Devi
     train_split, val_split, test = _load_training_data(request, cfg, events)
     checkpoint = checkpoint_path(out_dir)
     launcher = relaunch_prefix(ctx)
-    again = resume_command(checkpoint, request.data_dir, str(spec), launcher)
+    again = resume_command(checkpoint, request.data_dir, str(spec), launcher, request.allow_download)
     # Under torchrun a second signal is not a second Ctrl-C: torchrun passes on the one it got (a terminal's
     # Ctrl-C reaches each process twice), and gives up on the processes by itself after its grace period.
     stop = StopSignal(repeat_aborts=not ctx.active)
@@ -290,7 +290,9 @@ def _train_in(out_dir: Path, request: TrainRequest, cfg: TrainConfig, spec: Devi
         except KeyboardInterrupt:
             if saved["checkpoint"]:
                 events.warn(f"Aborted. The last checkpoint is {saved['checkpoint']}; continue with:")
-                events.note(f"  {resume_command(saved['checkpoint'], request.data_dir, str(spec), launcher)}")
+                command = resume_command(saved["checkpoint"], request.data_dir, str(spec), launcher,
+                                         request.allow_download)
+                events.note(f"  {command}")
             raise
         except DivergedError as exc:
             kept = f" The last checkpoint before it is kept: {saved['checkpoint']}." if saved["checkpoint"] else ""

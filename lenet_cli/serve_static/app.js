@@ -55,9 +55,12 @@ function endStroke() {
 pad.addEventListener("pointerup", endStroke);
 pad.addEventListener("pointercancel", endStroke);
 
+let clears = 0;  // Clear counts up: a drawing encoded before it is not sent after it
+
 function sendPad() {
   if (!inked) return;
-  pad.toBlob((blob) => predict(blob, blob.type || "image/png"), "image/png");
+  const at = clears;
+  pad.toBlob((blob) => { if (at === clears) predict(blob, blob.type || "image/png"); }, "image/png");
 }
 
 async function predict(body, contentType) {
@@ -68,9 +71,9 @@ async function predict(body, contentType) {
   if (!(body instanceof FormData)) init.headers = { "Content-Type": contentType };  // a form sets its own boundary
   try {
     const res = await fetch("/api/predict?preview=1&top_k=10", init);
-    const data = await res.json();
+    const data = await res.json().catch(() => ({}));  // a proxy's or an overloaded server's answer may be text
     if (pending !== seq) return;
-    if (!res.ok) return showError(data.error || res.statusText, data.error_kind);
+    if (!res.ok) return showError(data.error || (res.status + " " + res.statusText), data.error_kind);
     show(data);
   } catch (err) {
     if (pending === seq) showError("the server did not answer (" + err.message + ")");
@@ -128,6 +131,7 @@ function upload(file) {
 
 $("clear").addEventListener("click", () => {
   clearPad();
+  clears += 1;
   pending = null;
   $("prediction").textContent = "–";
   $("confidence").textContent = "";
@@ -138,15 +142,14 @@ $("clear").addEventListener("click", () => {
   pad.focus();
 });
 $("file").addEventListener("change", (ev) => { upload(ev.target.files[0]); ev.target.value = ""; });
-for (const target of [pad, document.body]) {
-  target.addEventListener("dragover", (ev) => { ev.preventDefault(); pad.classList.add("dragging"); });
-  target.addEventListener("dragleave", () => pad.classList.remove("dragging"));
-  target.addEventListener("drop", (ev) => {
-    ev.preventDefault();
-    pad.classList.remove("dragging");
-    upload(ev.dataTransfer.files[0]);
-  });
-}
+// On the body only: a drop on the pad reaches it too, and one listener sends each file once.
+document.body.addEventListener("dragover", (ev) => { ev.preventDefault(); pad.classList.add("dragging"); });
+document.body.addEventListener("dragleave", () => pad.classList.remove("dragging"));
+document.body.addEventListener("drop", (ev) => {
+  ev.preventDefault();
+  pad.classList.remove("dragging");
+  upload(ev.dataTransfer.files[0]);
+});
 
 fetch("/api/model").then((r) => r.json()).then((m) => {
   const acc = typeof m.test_accuracy === "number" ? ", " + (100 * m.test_accuracy).toFixed(2) + "% on MNIST's test set" : "";
