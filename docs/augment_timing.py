@@ -25,15 +25,10 @@ def main() -> None:
     import torch
     import torch.nn.functional as F
 
-    from lenet_cli.kernels import speed_up
-    from lenet_cli.model import build_model
-    from lenet_cli.recipe import (
-        augment_batch,
-        build_optimizer,
-        build_schedule,
-        train_step,
-    )
-    from lenet_cli.records import TrainConfig
+    from lenet_cli.model.cpu_paths import speed_up
+    from lenet_cli.model.lenet5 import build_model
+    from lenet_cli.training.recipe import augment_batch, build_optimizer, build_schedule, train_step
+    from lenet_cli.training.config import TrainConfig
 
     cfg = TrainConfig(batch_size=args.batch_size, precision="float32")  # the same step on every CPU
     b = args.batch_size

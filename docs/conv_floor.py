@@ -36,10 +36,10 @@ def profile_step(steps: int) -> dict:
     import torch
     from torch.profiler import profile
 
-    from lenet_cli import recipe
-    from lenet_cli.kernels import speed_up
-    from lenet_cli.model import build_model
-    from lenet_cli.records import TrainConfig
+    from lenet_cli.training import recipe
+    from lenet_cli.model.cpu_paths import speed_up
+    from lenet_cli.model.lenet5 import build_model
+    from lenet_cli.training.config import TrainConfig
 
     device = torch.device("cpu")
     cfg = recipe.resolve_precision(TrainConfig(), device)  # what `lenet train` runs here
@@ -82,7 +82,8 @@ def main() -> int:
         print(json.dumps(profile_step(args.steps)))
         return 0
 
-    from lenet_cli.bench import TRAIN_EPOCH_IMAGES, run_worker
+    from lenet_cli.bench.plan import TRAIN_EPOCH_IMAGES
+    from lenet_cli.bench.processes import run_worker
 
     lenet = []
     for _ in range(args.repeats):

@@ -35,12 +35,12 @@ sys.path.insert(0, str(ROOT / "tests"))
 
 import handwriting  # noqa: E402
 
-from lenet_cli.backends import OnnxBackend  # noqa: E402
-from lenet_cli.evaluate import softmax  # noqa: E402
-from lenet_cli.imagefiles import _to_gray, load_gray  # noqa: E402
-from lenet_cli.images import NOT_A_DIGIT, shape_notes, to_mnist  # noqa: E402
-from lenet_cli.predict import LOW_CONFIDENCE  # noqa: E402
-from lenet_cli.weights import bundled_onnx_path  # noqa: E402
+from lenet_cli.inference.backends import OnnxBackend  # noqa: E402
+from lenet_cli.model.metrics import softmax  # noqa: E402
+from lenet_cli.data.sources import _to_gray, load_gray  # noqa: E402
+from lenet_cli.data.preprocess import NOT_A_DIGIT, shape_notes, to_mnist  # noqa: E402
+from lenet_cli.inference.pipeline import LOW_CONFIDENCE  # noqa: E402
+from lenet_cli.model.weights import bundled_onnx_path  # noqa: E402
 
 DEFAULT_USPS = ROOT.parent / "shared" / "realworld" / "usps-train"
 
@@ -152,7 +152,7 @@ def drawn_items(samples) -> list[tuple[np.ndarray, np.ndarray | None, int, str]]
 def mnist_checks(mnist_dir: Path, model) -> None:
     """MNIST's validation split: passes through unchanged, and how often predict's notes fire on it."""
     # The split `lenet train` holds out (data.train_val_split): images the bundled model never trained on.
-    from lenet_cli.data import load_split, train_val_split
+    from lenet_cli.data.mnist import load_split, train_val_split
 
     _, val = train_val_split(load_split(mnist_dir, "train", allow_download=False), 5000)
     images, labels = val.images.numpy(), val.labels.numpy()

@@ -23,12 +23,12 @@ from pathlib import Path
 
 import torch
 
-from lenet_cli.data import load_split, train_val_split
-from lenet_cli.evaluate import summarize, torch_logits
-from lenet_cli.kernels import speed_up
-from lenet_cli.model import PRESETS, ModelConfig, build_model
-from lenet_cli.records import TrainConfig
-from lenet_cli.train import train
+from lenet_cli.data.mnist import load_split, train_val_split
+from lenet_cli.model.metrics import summarize, torch_logits
+from lenet_cli.model.cpu_paths import speed_up
+from lenet_cli.model.lenet5 import PRESETS, ModelConfig, build_model
+from lenet_cli.training.config import TrainConfig
+from lenet_cli.training.loop import train
 
 
 def typed(value: str, default: object) -> object:

@@ -31,10 +31,10 @@ def measure(way: str, batch_size: int, steps: int, rounds: int) -> None:
     """Time one way in this process and print one line."""
     import torch
 
-    from lenet_cli.kernels import speed_up
-    from lenet_cli.model import build_model
-    from lenet_cli.recipe import build_optimizer, build_schedule, train_step
-    from lenet_cli.records import TrainConfig
+    from lenet_cli.model.cpu_paths import speed_up
+    from lenet_cli.model.lenet5 import build_model
+    from lenet_cli.training.recipe import build_optimizer, build_schedule, train_step
+    from lenet_cli.training.config import TrainConfig
 
     torch.manual_seed(0)
     # The ways ending in -bf16 run train_step's bfloat16 autocast (--precision bf16); the rest float32.

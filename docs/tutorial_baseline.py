@@ -37,7 +37,7 @@ def main() -> int:
     from torch.utils.data import DataLoader
     from torchvision import datasets, transforms
 
-    from lenet_cli.tutorial import tutorial_lenet
+    from lenet_cli.bench.tutorial import tutorial_lenet
 
     torch.manual_seed(args.seed)
     names = ("train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")

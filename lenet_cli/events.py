@@ -10,8 +10,6 @@ import contextlib
 from collections.abc import Iterator
 from typing import Any
 
-from lenet_cli.records import EpochRecord
-
 
 class Events:
     """Progress and notices from a long-running command. Every method is a no-op here."""
@@ -43,5 +41,8 @@ class Events:
     def on_step(self, epoch: int, step: int, steps: int, loss: float, images_per_s: float) -> None:
         """Called every few steps with the running loss."""
 
-    def on_epoch_end(self, record: EpochRecord) -> None:
-        """Called after validation at the end of an epoch."""
+    def on_epoch_end(self, record: Any) -> None:
+        """Called after validation at the end of an epoch with its `training.state.EpochRecord`.
+
+        (Typed Any: this module sits below every domain package and imports none of them.)
+        """

@@ -43,7 +43,7 @@ def write_mnist(folder: Path, n_train: int = 600, n_test: int = 200, compress: b
     """Write the four IDX files (uncompressed by default: no official checksum applies)."""
     import torch
 
-    from lenet_cli.data import MNIST_FILES, write_idx
+    from lenet_cli.data.mnist import MNIST_FILES, write_idx
 
     folder.mkdir(parents=True, exist_ok=True)
     tr_x, tr_y = render_digits(n_train, 1)
@@ -86,10 +86,10 @@ def trained_weights(tiny_mnist, tmp_path_factory) -> Path:
     """A small model trained on the synthetic set through the real training code."""
     import torch
 
-    from lenet_cli.data import load_split, train_val_split
-    from lenet_cli.records import TrainConfig
-    from lenet_cli.runs import save_run
-    from lenet_cli.train import train
+    from lenet_cli.data.mnist import load_split, train_val_split
+    from lenet_cli.training.config import TrainConfig
+    from lenet_cli.training.run_dir import save_run
+    from lenet_cli.training.loop import train
 
     cfg = TrainConfig(epochs=2, batch_size=64, val_size=100)
     full = load_split(tiny_mnist, "train", allow_download=False)

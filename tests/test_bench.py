@@ -12,12 +12,12 @@ import os
 import pytest
 from typer.testing import CliRunner
 
-from lenet_cli import bench as bench_core
+from lenet_cli.bench import processes as bench_processes
 from lenet_cli.api.benchmarking import BenchRequest, _accuracy_skip, _mnist_dir
-from lenet_cli.bench import run_worker, time_to_accuracy
+from lenet_cli.bench.processes import run_worker, time_to_accuracy
 from lenet_cli.cli.app import app
 from lenet_cli.errors import BenchError, DataError
-from lenet_cli.timing import spread
+from lenet_cli.utils.timing import spread
 
 runner = CliRunner()
 
@@ -46,7 +46,7 @@ def test_each_measurement_and_repeat_runs_in_a_fresh_process():
         assert t["seconds_per_epoch_min"] <= t["seconds_per_epoch"] <= t["seconds_per_epoch_max"]
         assert t["images_per_s_min"] == pytest.approx(55_000 / t["seconds_per_epoch_max"])
         assert t["precision"] in ("float32", "bf16")
-    from lenet_cli.recipe import cpu_has_amx
+    from lenet_cli.training.recipe import cpu_has_amx
 
     lenet_row = next(t for t in payload["training"] if t["pipeline"] == "lenet")
     assert lenet_row["precision"] == ("bf16" if cpu_has_amx() else "float32")
@@ -62,7 +62,7 @@ def test_each_measurement_and_repeat_runs_in_a_fresh_process():
 
 
 def test_a_worker_that_fails_is_one_error_line(monkeypatch):
-    monkeypatch.setattr(bench_core, "WORKER_MODULE", "lenet_cli.no_such_worker")
+    monkeypatch.setattr(bench_processes, "WORKER_MODULE", "lenet_cli.no_such_worker")
     result = invoke("bench", "--quick", "--device", "cpu", "--backends", "onnxruntime", "--batch-sizes", "1")
     assert result.exit_code == 1, result.output
     lines = [line for line in result.stderr.splitlines() if line.strip() and not line.startswith("Benchmarking")]

@@ -12,11 +12,11 @@ import torch
 import torch.nn.functional as F
 from typer.testing import CliRunner
 
-from lenet_cli.calibrate import calibrated_logits, fit_temperature
+from lenet_cli.model.calibration import calibrated_logits, fit_temperature
 from lenet_cli.cli.app import app
-from lenet_cli.kernels import CpuLeNet5
-from lenet_cli.model import ModelConfig, build_model
-from lenet_cli.weights import load_model, read_info
+from lenet_cli.model.cpu_paths import CpuLeNet5
+from lenet_cli.model.lenet5 import ModelConfig, build_model
+from lenet_cli.model.weights import load_model, read_info
 
 
 def test_fit_recovers_the_temperature_that_made_the_labels():
@@ -75,7 +75,7 @@ def test_every_path_divides_the_logits_by_the_temperature():
 
 
 def test_train_saves_the_fitted_temperature_and_reports_calibrated_figures(tiny_mnist, tmp_path, monkeypatch):
-    from lenet_cli import calibrate
+    from lenet_cli.model import calibration as calibrate
 
     monkeypatch.setattr(calibrate, "MIN_IMAGES", 50)  # the synthetic set holds out 100 images
     out = tmp_path / "run"
@@ -115,7 +115,7 @@ def test_a_run_without_a_validation_split_keeps_temperature_one(tiny_mnist, tmp_
 def test_an_exported_model_carries_the_temperature(tiny_mnist, trained_weights, tmp_path):
     import onnxruntime as ort
 
-    from lenet_cli.weights import save_state
+    from lenet_cli.model.weights import save_state
 
     model, _ = load_model(trained_weights)
     hot = save_state(tmp_path / "hot.safetensors", dataclasses.replace(model.cfg, temperature=0.25),

@@ -13,7 +13,7 @@ from typer.testing import CliRunner
 
 from lenet_cli import __version__
 from lenet_cli.cli.app import app
-from lenet_cli.records import TrainConfig
+from lenet_cli.training.config import TrainConfig
 
 runner = CliRunner()
 

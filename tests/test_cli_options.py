@@ -14,11 +14,11 @@ from typer.testing import CliRunner
 
 from lenet_cli import api
 from lenet_cli.api.benchmarking import bench_config
-from lenet_cli.api.training import resolve_resume
+from lenet_cli.training.session import resolve_resume
 from lenet_cli.cli.app import app
 from lenet_cli.devices import DeviceSpec
 from lenet_cli.errors import UsageError
-from lenet_cli.records import TrainConfig
+from lenet_cli.training.config import TrainConfig
 
 runner = CliRunner()
 FLAT_CHECKPOINT = Path(__file__).parent / "fixtures" / "checkpoint-0.2.0.dev0-adamw.safetensors"

@@ -10,9 +10,10 @@ import numpy as np
 import pytest
 import torch
 
-from lenet_cli import data, devices
-from lenet_cli import model as model_mod
-from lenet_cli import weights as weights_mod
+from lenet_cli import devices
+from lenet_cli.data import mnist as data
+from lenet_cli.model import lenet5 as model_mod
+from lenet_cli.model import weights as weights_mod
 from lenet_cli.errors import (
     DataError,
     DeviceError,
@@ -20,9 +21,9 @@ from lenet_cli.errors import (
     UsageError,
     WeightsError,
 )
-from lenet_cli.evaluate import metrics_from_logits
-from lenet_cli.fileio import atomic_write_bytes
-from lenet_cli.train import TrainConfig, train
+from lenet_cli.model.metrics import metrics_from_logits
+from lenet_cli.utils.fileio import atomic_write_bytes
+from lenet_cli.training.loop import TrainConfig, train
 
 # ------------------------------------------------------------------ model
 
@@ -66,7 +67,7 @@ def test_export_folds_batch_norm_where_exact(pool_first, negative_scale):
     import onnx
     import onnxruntime as ort
 
-    from lenet_cli.onnx_io import export_model_proto, fold_batch_norm
+    from lenet_cli.export.graph import export_model_proto, fold_batch_norm
 
     torch.manual_seed(0)
     m = model_mod.build_model(model_mod.ModelConfig(pool_first=pool_first))
@@ -118,7 +119,7 @@ def test_pool_first_is_modern_and_missing_means_pool_last():
 def test_keep_freed_memory_is_a_no_op_off_linux(monkeypatch):
     import ctypes
 
-    from lenet_cli import recipe as train_mod
+    from lenet_cli.training import recipe as train_mod
 
     def refuse(*args, **kwargs):
         raise AssertionError("libc must not be loaded here")
@@ -137,7 +138,7 @@ def test_plots_do_not_import_pyplot(tmp_path):
     import sys
 
     code = (
-        "import sys; from pathlib import Path; from lenet_cli import plots; from lenet_cli.records import EpochRecord\n"
+        "import sys; from pathlib import Path; from lenet_cli.training import plots; from lenet_cli.training.state import EpochRecord\n"
         "h = [EpochRecord(i, 1 / i, 0.9, 1 / i, 0.9, 0.1, 1.0, 1.0) for i in (1, 2)]\n"
         f"plots.save_training_curves(h, Path({str(tmp_path / 'c.png')!r}))\n"
         f"plots.save_confusion_matrix([[5, 1], [0, 7]], Path({str(tmp_path / 'm.png')!r}))\n"
@@ -348,7 +349,7 @@ def test_a_lenet_0_1_0_weights_file_loads_as_the_pool_last_model_it_is():
 
 
 def test_mnist_like_image_passes_through(tiny_mnist):
-    from lenet_cli.images import to_mnist
+    from lenet_cli.data.preprocess import to_mnist
 
     split = data.load_split(tiny_mnist, "test", allow_download=False)
     px = split.images[0].numpy()
@@ -359,7 +360,7 @@ def test_mnist_like_image_passes_through(tiny_mnist):
 def test_dark_on_light_large_canvas_is_normalised():
     from PIL import Image, ImageDraw
 
-    from lenet_cli.images import to_mnist
+    from lenet_cli.data.preprocess import to_mnist
 
     img = Image.new("L", (600, 400), 245)
     ImageDraw.Draw(img).line([(300, 60), (300, 340)], fill=20, width=4)  # a thin "1"
@@ -373,7 +374,7 @@ def test_dark_on_light_large_canvas_is_normalised():
 
 
 def test_blank_image_has_no_ink():
-    from lenet_cli.images import to_mnist
+    from lenet_cli.data.preprocess import to_mnist
 
     with pytest.raises(ImageError, match="no ink"):
         to_mnist(np.full((50, 50), 0.8, dtype=np.float32))

@@ -21,7 +21,7 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import load_file
 
-from lenet_cli.distributed import SINGLE, check_shardable, detect, process_label, shard, timeout_seconds
+from lenet_cli.training.distributed import SINGLE, check_shardable, detect, process_label, shard, timeout_seconds
 from lenet_cli.errors import UsageError
 
 LAUNCH_TIMEOUT = 300  # seconds; a launch that takes longer has hung

@@ -260,8 +260,8 @@ def _config(**changes):
 
 
 def _other_preset(tensors, meta):
-    from lenet_cli.model import build_model
-    from lenet_cli.weights import build_metadata
+    from lenet_cli.model.lenet5 import build_model
+    from lenet_cli.model.weights import build_metadata
 
     meta.clear()
     meta.update(build_metadata(build_model("classic")))  # modern tensors, labelled classic

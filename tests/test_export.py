@@ -23,7 +23,7 @@ def invoke(*args):
 def test_int8_export_writes_a_compared_quantized_model(tiny_mnist, trained_weights, tmp_path, monkeypatch):
     import onnx
 
-    import lenet_cli.export as export
+    import lenet_cli.export.exporter as export
 
     # 200 synthetic test images: one image is half a point, so the accuracy gate is relaxed here
     # (its own behaviour is tested below); on real MNIST the 0.5-point limit applies.
@@ -59,7 +59,7 @@ def test_int8_export_writes_a_compared_quantized_model(tiny_mnist, trained_weigh
 
 
 def test_int8_that_loses_accuracy_is_refused_and_writes_nothing(tiny_mnist, trained_weights, tmp_path, monkeypatch):
-    import lenet_cli.export as export
+    import lenet_cli.export.exporter as export
 
     monkeypatch.setattr(export, "QUANT_MAX_DROP", -1.0)  # no model can pass: the refusal path runs
     out = tmp_path / "q.onnx"
@@ -83,9 +83,9 @@ def test_an_existing_output_is_refused_unless_exist_ok(tiny_mnist, trained_weigh
 
 
 def test_failed_verification_writes_nothing(tiny_mnist, trained_weights, tmp_path, monkeypatch):
-    import lenet_cli.onnx_io as onnx_io
+    import lenet_cli.export.verify as verify
 
-    monkeypatch.setattr(onnx_io, "PROB_TOLERANCE", -1.0)
+    monkeypatch.setattr(verify, "PROB_TOLERANCE", -1.0)
     out = tmp_path / "m.onnx"
     out.write_bytes(b"the previous, good file")
     result = invoke("export", "--onnx", "--weights", trained_weights, "--output", out, "--data-dir", tiny_mnist,
@@ -125,8 +125,8 @@ def test_cuda_session_that_lands_on_the_cpu_is_an_error(monkeypatch):
     """onnxruntime may start a CUDA-less session when CUDA libraries are missing: never accept it."""
     import onnxruntime as ort
 
-    import lenet_cli.onnx_io as onnx_io
-    from lenet_cli.weights import bundled_onnx_path
+    import lenet_cli.inference.onnx_session as onnx_io
+    from lenet_cli.model.weights import bundled_onnx_path
 
     real = ort.InferenceSession
     monkeypatch.setattr(ort, "get_available_providers", lambda: ["CUDAExecutionProvider", "CPUExecutionProvider"])
@@ -168,7 +168,7 @@ def test_onnx_providers_honour_the_cuda_index(monkeypatch):
 def test_cuda_request_for_onnx_without_gpu_support_is_a_plain_error(tmp_path, monkeypatch):
     import onnxruntime as ort
 
-    from lenet_cli.weights import bundled_onnx_path
+    from lenet_cli.model.weights import bundled_onnx_path
 
     monkeypatch.setattr(ort, "get_available_providers", lambda: ["CPUExecutionProvider"])
     from PIL import Image

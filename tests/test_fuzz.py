@@ -21,7 +21,7 @@ from hypothesis import strategies as st
 from typer.testing import CliRunner
 
 from lenet_cli.cli.app import app
-from lenet_cli.weights import bundled_onnx_path, bundled_weights_path
+from lenet_cli.model.weights import bundled_onnx_path, bundled_weights_path
 
 runner = CliRunner()
 EXAMPLES = int(os.environ.get("LENET_FUZZ_EXAMPLES", "40"))
@@ -190,7 +190,7 @@ def test_any_bytes_as_eval_weights(suffix, data, tmp_path, tiny_mnist):
 
 def test_the_property_catches_a_crash(monkeypatch, tmp_path, digit_png):
     """A low-level exception that escapes the core must fail `check_clean`, or the fuzzing proves nothing."""
-    import lenet_cli.weights as weights
+    import lenet_cli.model.weights as weights
 
     def crash(*args, **kwargs):
         raise IndexError("list index out of range")

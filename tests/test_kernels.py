@@ -10,11 +10,11 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from lenet_cli import kernels
-from lenet_cli import model as model_mod
-from lenet_cli.data import load_split, train_val_split
-from lenet_cli.records import TrainConfig
-from lenet_cli.train import train
+from lenet_cli.model import cpu_paths as kernels
+from lenet_cli.model import lenet5 as model_mod
+from lenet_cli.data.mnist import load_split, train_val_split
+from lenet_cli.training.config import TrainConfig
+from lenet_cli.training.loop import train
 
 CPU = torch.device("cpu")
 

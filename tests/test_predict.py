@@ -79,8 +79,8 @@ def test_mnist_form_passes_through_unchanged(real_mnist, tmp_path):
     """Images already in MNIST form are not touched: predictions equal the model's on the raw pixels."""
     from PIL import Image
 
-    from lenet_cli.backends import load_backend
-    from lenet_cli.weights import bundled_onnx_path
+    from lenet_cli.inference.backends import load_backend
+    from lenet_cli.model.weights import bundled_onnx_path
 
     images = read_idx(real_mnist / "t10k-images-idx3-ubyte.gz").reshape(-1, 28, 28)[:100]
     folder = tmp_path / "mnist-png"
@@ -255,7 +255,7 @@ def test_bad_input_is_reported_in_its_row_and_others_still_run(tmp_path, name):
 
 
 def test_unreadable_file(tmp_path, monkeypatch):
-    import lenet_cli.imagefiles as imagefiles
+    import lenet_cli.data.sources as imagefiles
 
     path = tmp_path / "locked.png"
     digit_image().save(path)
@@ -287,7 +287,7 @@ def test_malformed_exif_is_ignored(tmp_path):
     """A damaged EXIF block (a SHORT tag holding text) must not cost the image, nor the other rows."""
     from PIL import Image
 
-    from lenet_cli.imagefiles import load_gray
+    from lenet_cli.data.sources import load_gray
 
     img = digit_image(7, "marker", seed=3).convert("L").transpose(Image.Transpose.ROTATE_180)
     exif = Image.Exif()
@@ -351,7 +351,7 @@ def test_bold_icon_covering_most_of_its_canvas(tmp_path, colour):
 def test_opaque_rgba_mnist_crop_passes_through(tmp_path):
     from PIL import Image
 
-    from lenet_cli.images import prepare_file
+    from lenet_cli.data.preprocess import prepare_file
 
     digit = np.zeros((28, 28), np.uint8)
     digit[6:22, 12:16] = 255  # a "1", bright on black, already MNIST form
@@ -368,7 +368,7 @@ def test_hidden_files_in_folders_are_skipped(tmp_path):
 
 
 def test_an_unexpected_failure_in_one_file_is_its_row_only(tmp_path, monkeypatch):
-    import lenet_cli.images as images
+    import lenet_cli.data.preprocess as images
 
     real = images.to_mnist
 
@@ -437,7 +437,7 @@ def test_default_path_does_not_import_torch(tmp_path):
 
 
 def test_torch_and_onnx_backends_agree(tmp_path):
-    from lenet_cli.weights import bundled_weights_path
+    from lenet_cli.model.weights import bundled_weights_path
 
     labels = handwriting.write(handwriting.generate(n_per_class=2, seed=5), tmp_path / "set")
     _, onnx_report = predict(tmp_path / "set")
@@ -457,8 +457,8 @@ def test_bundled_onnx_is_the_bundled_weights():
 
     import torch
 
-    from lenet_cli.backends import OnnxBackend, TorchBackend
-    from lenet_cli.weights import bundled_onnx_path, bundled_weights_path
+    from lenet_cli.inference.backends import OnnxBackend, TorchBackend
+    from lenet_cli.model.weights import bundled_onnx_path, bundled_weights_path
 
     onnx_backend = OnnxBackend(bundled_onnx_path(), "cpu")
     sha = hashlib.sha256(bundled_weights_path().read_bytes()).hexdigest()

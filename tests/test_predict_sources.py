@@ -45,9 +45,9 @@ def predict_json(*args, input: bytes | None = None) -> tuple[int, dict]:
 @pytest.mark.skipif(not USPS.is_dir(), reason=f"usps-train not found at {USPS} (set LENET_USPS_DIR)")
 def test_accuracy_on_real_usps_scans():
     """Real envelope digits (16x16, thick strokes): every 5th of usps-train, at least 98.8% right."""
-    from lenet_cli.backends import OnnxBackend
-    from lenet_cli.images import prepare_file
-    from lenet_cli.weights import bundled_onnx_path
+    from lenet_cli.inference.backends import OnnxBackend
+    from lenet_cli.data.preprocess import prepare_file
+    from lenet_cli.model.weights import bundled_onnx_path
 
     files = sorted(USPS.glob("[0-9]/*.png"))[::5]
     labels = np.array([int(f.parent.name) for f in files])
@@ -60,7 +60,7 @@ def test_accuracy_on_real_usps_scans():
 @pytest.mark.parametrize("side", [16, 24, 40])
 def test_thick_strokes_on_small_images_stay_solid(side):
     """A bar of ink a quarter of the image wide must come out solid, not as two edges (a hollow 1 reads as 0)."""
-    from lenet_cli.images import to_mnist
+    from lenet_cli.data.preprocess import to_mnist
 
     gray = np.ones((side, side), np.float32)
     gray[1:-1, side * 3 // 8 : side * 5 // 8] = 0.0  # a thick vertical stroke, dark on white, touching top and bottom
@@ -139,7 +139,7 @@ def test_notes_in_the_table_and_csv(tmp_path):
 
 def test_low_confidence_note(monkeypatch, tmp_path):
     """A top probability under the threshold gets the note (forced here: the model is too sure of a clean 3)."""
-    import lenet_cli.predict as core
+    import lenet_cli.inference.pipeline as core
 
     (tmp_path / "three.png").write_bytes(png_bytes(3))
     _, report = predict_json(tmp_path / "three.png")
@@ -175,7 +175,7 @@ def test_stdin_bad_input(data, kind):
 
 
 def test_stdin_too_large(monkeypatch):
-    import lenet_cli.imagefiles as imagefiles
+    import lenet_cli.data.sources as imagefiles
 
     monkeypatch.setattr(imagefiles, "MAX_DOWNLOAD_BYTES", 100)
     code, report = predict_json("-", input=png_bytes(3))
@@ -269,7 +269,7 @@ def test_url(http_server, tmp_path):
 
 
 def test_url_errors(http_server, monkeypatch):
-    import lenet_cli.imagefiles as imagefiles
+    import lenet_cli.data.sources as imagefiles
 
     monkeypatch.setattr(imagefiles, "MAX_DOWNLOAD_BYTES", 8000)
     monkeypatch.setattr(imagefiles, "URL_TIMEOUT_S", 1.0)
@@ -307,13 +307,13 @@ def _line(angle: float, length: float = 18.0, width: float = 1.2) -> np.ndarray:
 
 @pytest.mark.parametrize("angle", [0, 15, -20, 25])
 def test_a_tilted_dash_is_a_flat_line_even_when_its_box_is_not(angle):
-    from lenet_cli.images import NOT_A_DIGIT, shape_notes
+    from lenet_cli.data.preprocess import NOT_A_DIGIT, shape_notes
 
     assert f"{NOT_A_DIGIT}: a flat line" in shape_notes(_line(angle))
 
 
 @pytest.mark.parametrize("angle", [60, 75, 90, -80])
 def test_a_steep_line_is_how_people_write_a_one_and_gets_no_note(angle):
-    from lenet_cli.images import shape_notes
+    from lenet_cli.data.preprocess import shape_notes
 
     assert shape_notes(_line(angle)) == []

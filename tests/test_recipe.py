@@ -7,12 +7,12 @@ from pathlib import Path
 import pytest
 import torch
 
-from lenet_cli.checkpoint import load_checkpoint
-from lenet_cli.data import load_split, train_val_split
-from lenet_cli.model import build_model
-from lenet_cli.recipe import build_optimizer, build_schedule, train_step
-from lenet_cli.records import TrainConfig
-from lenet_cli.train import train
+from lenet_cli.training.checkpoint import load_checkpoint
+from lenet_cli.data.mnist import load_split, train_val_split
+from lenet_cli.model.lenet5 import build_model
+from lenet_cli.training.recipe import build_optimizer, build_schedule, train_step
+from lenet_cli.training.config import TrainConfig
+from lenet_cli.training.loop import train
 
 CPU = torch.device("cpu")
 FIXTURES = Path(__file__).parent / "fixtures"

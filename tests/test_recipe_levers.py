@@ -13,16 +13,16 @@ from test_resume import (
 )
 from typer.testing import CliRunner
 
-from lenet_cli.checkpoint import CHECKPOINT_NAME, load_checkpoint, save_checkpoint
+from lenet_cli.training.checkpoint import CHECKPOINT_NAME, load_checkpoint, save_checkpoint
 from lenet_cli.cli.app import app
-from lenet_cli.data import load_split, train_val_split
+from lenet_cli.data.mnist import load_split, train_val_split
 from lenet_cli.errors import UsageError, WeightsError
 from lenet_cli.events import Events
-from lenet_cli.records import TrainConfig
-from lenet_cli.signals import StopSignal
-from lenet_cli.train import train
-from lenet_cli.tta import SHIFTS, shifted, tta_logits
-from lenet_cli.weights import read_info
+from lenet_cli.training.config import TrainConfig
+from lenet_cli.utils.signals import StopSignal
+from lenet_cli.training.loop import train
+from lenet_cli.inference.tta import SHIFTS, shifted, tta_logits
+from lenet_cli.model.weights import read_info
 
 CPU = torch.device("cpu")
 # clean_epochs=0: both epochs augmented, as in a long run (the default would leave the second unaugmented).
@@ -106,7 +106,7 @@ def test_clean_epochs_are_the_last_ones_and_only_where_augmenting():
 
 
 def test_the_loop_skips_augmentation_in_the_clean_epochs(splits, monkeypatch):
-    from lenet_cli import recipe
+    from lenet_cli.training import recipe
 
     augmented = []  # the epoch of every augmented batch
     real = recipe.augment_batch
@@ -156,8 +156,8 @@ def test_tta_averages_probabilities_over_the_nine_views():
 
 
 def test_eval_tta_reports_the_accuracy_of_the_averaged_probabilities(tiny_mnist):
-    from lenet_cli.backends import load_backend
-    from lenet_cli.weights import bundled_onnx_path
+    from lenet_cli.inference.backends import load_backend
+    from lenet_cli.model.weights import bundled_onnx_path
 
     test = load_split(tiny_mnist, "test", allow_download=False)
     expected = tta_logits(load_backend(bundled_onnx_path()).logits, test.images.numpy()).argmax(1)
@@ -185,7 +185,7 @@ def test_predict_tta_changes_the_probabilities_not_the_rows(tmp_path, tiny_mnist
 
 
 def test_elastic_distortion_is_seeded_smooth_and_off_by_default():
-    from lenet_cli.recipe import augment_batch, elastic_field
+    from lenet_cli.training.recipe import augment_batch, elastic_field
 
     x = torch.rand(8, 1, 28, 28) * 255
     a = augment_batch(x, TrainConfig(elastic=34.0), torch.Generator().manual_seed(1))
@@ -200,7 +200,7 @@ def test_elastic_distortion_is_seeded_smooth_and_off_by_default():
 
 
 def test_stroke_jitter_thickens_and_thins_within_the_dilation_and_erosion():
-    from lenet_cli.recipe import augment_batch, jitter_stroke, max3x3
+    from lenet_cli.training.recipe import augment_batch, jitter_stroke, max3x3
 
     x = torch.zeros(64, 1, 28, 28)
     x[:, :, 8:20, 13:15] = 255.0  # a bar two pixels wide
@@ -236,7 +236,7 @@ BF16 = TrainConfig(epochs=2, batch_size=64, val_size=100, seed=3, precision="bf1
 
 
 def test_precision_auto_is_bf16_only_on_a_cpu_with_amx(monkeypatch):
-    from lenet_cli import recipe
+    from lenet_cli.training import recipe
 
     for amx, want in ((True, "bf16"), (False, "float32")):
         monkeypatch.setattr(recipe, "cpu_has_amx", lambda amx=amx: amx)
@@ -265,7 +265,7 @@ def test_a_bf16_run_is_deterministic_differs_from_float32_and_resumes_exactly(sp
 
 
 def test_train_records_the_precision_that_ran(tiny_mnist, tmp_path, monkeypatch):
-    from lenet_cli import recipe
+    from lenet_cli.training import recipe
 
     monkeypatch.setattr(recipe, "cpu_has_amx", lambda: True)
     out = tmp_path / "run"

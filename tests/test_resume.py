@@ -15,15 +15,15 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from lenet_cli.checkpoint import CHECKPOINT_NAME, load_checkpoint, save_checkpoint
-from lenet_cli.data import load_split, train_val_split
+from lenet_cli.training.checkpoint import CHECKPOINT_NAME, load_checkpoint, save_checkpoint
+from lenet_cli.data.mnist import load_split, train_val_split
 from lenet_cli.errors import WeightsError
 from lenet_cli.events import Events
-from lenet_cli.model import build_model
-from lenet_cli.recipe import resolve_precision
-from lenet_cli.records import TrainConfig
-from lenet_cli.signals import StopSignal
-from lenet_cli.train import train
+from lenet_cli.model.lenet5 import build_model
+from lenet_cli.training.recipe import resolve_precision
+from lenet_cli.training.config import TrainConfig
+from lenet_cli.utils.signals import StopSignal
+from lenet_cli.training.loop import train
 
 CPU = torch.device("cpu")
 # Epoch 1 is augmented, epochs 2 and 3 are --clean-epochs: the stops below resume into both kinds.
@@ -158,8 +158,8 @@ def test_checkpoint_of_a_pool_last_model_resumes_that_model(splits, tmp_path):
     resumed = train(cfg, *splits, CPU, resume=state)
     assert not resumed.model.cfg.pool_first
     assert len(resumed.history) == 2
-    from lenet_cli.runs import save_run
-    from lenet_cli.weights import load_model
+    from lenet_cli.training.run_dir import save_run
+    from lenet_cli.model.weights import load_model
 
     files = save_run(resumed, cfg, tmp_path / "run")
     assert not load_model(files["best"])[1].config.pool_first
@@ -244,7 +244,7 @@ def test_a_finished_one_cycle_run_keeps_its_last_epoch(splits, uninterrupted):
 def test_damaged_checkpoints_are_clear_errors(splits, tmp_path, damage):
     ckpt = tmp_path / CHECKPOINT_NAME
     if damage == "weights-file":
-        from lenet_cli.weights import bundled_weights_path
+        from lenet_cli.model.weights import bundled_weights_path
 
         ckpt.write_bytes(bundled_weights_path().read_bytes())
     else:
@@ -263,7 +263,7 @@ def test_a_killed_checkpoint_save_leaves_the_previous_one(tmp_path):
     script = (
         "import sys, time\n"
         "from pathlib import Path\n"
-        "from lenet_cli.fileio import atomic_write_with\n"
+        "from lenet_cli.utils.fileio import atomic_write_with\n"
         "def writer(tmp):\n"
         "    with open(tmp, 'wb') as fh:\n"
         "        fh.write(b'x' * 100_000); fh.flush()\n"

@@ -14,7 +14,7 @@ import pytest
 from typer.testing import CliRunner
 
 from lenet_cli.cli.app import app
-from lenet_cli.runs import LOCK_NAME, RUN_FILES
+from lenet_cli.training.run_dir import LOCK_NAME, RUN_FILES
 
 runner = CliRunner()
 FAST = ["--epochs", "1", "--batch-size", "64", "--val-size", "100", "--no-download", "--device", "cpu"]
@@ -49,7 +49,7 @@ def test_a_diverging_run_stops_with_exit_1_and_writes_no_nan_weights(tiny_mnist,
     assert not (out / "best.safetensors").exists() and not (out / "last.safetensors").exists()
     assert not (out / LOCK_NAME).exists()
     if (out / "checkpoint.safetensors").exists():  # the last good epoch's checkpoint: finite, loadable
-        from lenet_cli.checkpoint import load_checkpoint
+        from lenet_cli.training.checkpoint import load_checkpoint
 
         state = load_checkpoint(out / "checkpoint.safetensors")
         assert all(v.isfinite().all() for v in state.model.values() if v.is_floating_point())
@@ -59,8 +59,8 @@ def test_weights_with_nan_are_never_written(tmp_path):
     import torch
 
     from lenet_cli.errors import WeightsError
-    from lenet_cli.model import build_model
-    from lenet_cli.weights import save_weights
+    from lenet_cli.model.lenet5 import build_model
+    from lenet_cli.model.weights import save_weights
 
     model = build_model("modern")
     with torch.no_grad():
@@ -140,7 +140,7 @@ def test_a_usage_error_found_after_the_folder_was_made_leaves_no_empty_folder(ti
 
 
 def test_rows_of_failed_files_stream_without_waiting_for_a_batch(tmp_path):
-    from lenet_cli.predict import PredictConfig, iter_predictions
+    from lenet_cli.inference.pipeline import PredictConfig, iter_predictions
 
     seen = []
     rows = iter_predictions([tmp_path / f"missing-{i}.png" for i in range(10_000)], lambda x: x, PredictConfig(),
@@ -159,7 +159,7 @@ def test_two_runs_started_together_into_one_folder_leave_one_run(tiny_mnist, tmp
     loser = next(err for code, err in results if code == 1)
     assert "in use" in loser or "already holds a run" in loser, loser
     assert "Traceback" not in loser
-    from lenet_cli.weights import load_model
+    from lenet_cli.model.weights import load_model
 
     load_model(out / "best.safetensors")  # one whole, valid run
 

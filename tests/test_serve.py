@@ -25,10 +25,12 @@ from typer.testing import CliRunner
 
 from lenet_cli import __version__, api
 from lenet_cli.cli.app import app as cli_app
-from lenet_cli.predict import PredictConfig, iter_predictions
-from lenet_cli.serve import MAX_UPLOAD_BYTES, MAX_UPLOAD_PIXELS, ServeConfig, bind, create_app, run, served_model
-from lenet_cli.signals import StopSignal
-from lenet_cli.weights import bundled_onnx_path, bundled_weights_path
+from lenet_cli.inference.pipeline import PredictConfig, iter_predictions
+from lenet_cli.serve.app import create_app
+from lenet_cli.serve.classify import MAX_UPLOAD_BYTES, MAX_UPLOAD_PIXELS, ServeConfig, served_model
+from lenet_cli.serve.server import bind, run
+from lenet_cli.utils.signals import StopSignal
+from lenet_cli.model.weights import bundled_onnx_path, bundled_weights_path
 
 
 def png_bytes(img) -> bytes:
@@ -322,7 +324,7 @@ def test_help_and_serve_startup_import_neither_torch_nor_the_web_stack_needlessl
             "print(sorted(m for m in ('torch', 'fastapi', 'uvicorn', 'starlette', 'numpy') if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert out.stdout.strip().endswith("[]"), out.stdout + out.stderr
-    code = ("import sys\nfrom lenet_cli.serve import create_app, served_model\nfrom lenet_cli.weights import bundled_onnx_path\n"
+    code = ("import sys\nfrom lenet_cli.serve.app import create_app\nfrom lenet_cli.serve.classify import served_model\nfrom lenet_cli.model.weights import bundled_onnx_path\n"
             "create_app(served_model(bundled_onnx_path(), True))\nprint('torch' in sys.modules)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert out.stdout.strip() == "False", out.stdout + out.stderr

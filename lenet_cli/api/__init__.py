@@ -20,7 +20,12 @@ import importlib
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:  # pragma: no cover
-    from lenet_cli.api.benchmarking import BENCH_BACKENDS, BenchReport, BenchRequest, bench
+    from lenet_cli.api.benchmarking import (
+        BENCH_BACKENDS,
+        BenchReport,
+        BenchRequest,
+        bench,
+    )
     from lenet_cli.api.evaluation import EvalReport, EvalRequest, evaluate
     from lenet_cli.api.exporting import ExportReport, ExportRequest, export
     from lenet_cli.api.prediction import PredictReport, PredictRequest, predict

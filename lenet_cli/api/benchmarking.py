@@ -8,14 +8,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from lenet_cli.bench import ACCURACY_TARGET, BenchConfig, run_bench
-from lenet_cli.data import ensure_mnist, missing_files, resolve_data_dir
+from lenet_cli.bench.harness import run_bench
+from lenet_cli.bench.plan import ACCURACY_TARGET, BenchConfig
+from lenet_cli.data.mnist import ensure_mnist, missing_files, resolve_data_dir
 from lenet_cli.devices import AUTO, DeviceSpec, resolve_device
 from lenet_cli.errors import UsageError
 from lenet_cli.events import Events
-from lenet_cli.fileio import atomic_write_text, ensure_dir, refuse_existing
-from lenet_cli.records import json_safe
-from lenet_cli.weights import resolve_weights_path
+from lenet_cli.model.weights import resolve_weights_path
+from lenet_cli.utils.fileio import atomic_write_text, ensure_dir, refuse_existing
+from lenet_cli.utils.serialization import json_safe
 
 BENCH_BACKENDS = ("torch", "torch-compile", "onnxruntime")
 REPEATS, QUICK_REPEATS = 3, 1

@@ -8,15 +8,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from lenet_cli.backends import OnnxBackend, TorchBackend, load_backend
-from lenet_cli.data import load_split, resolve_data_dir
+from lenet_cli.data.mnist import load_split, resolve_data_dir
 from lenet_cli.devices import AUTO, DeviceSpec
-from lenet_cli.evaluate import EvalResult, metrics_from_logits, pct
 from lenet_cli.events import Events
-from lenet_cli.fileio import ensure_dir
-from lenet_cli.plots import save_confusion_matrix, save_misclassified_grid
-from lenet_cli.runs import new_run_dir
-from lenet_cli.weights import resolve_weights_path
+from lenet_cli.inference.backends import OnnxBackend, TorchBackend, load_backend
+from lenet_cli.model.metrics import EvalResult, metrics_from_logits
+from lenet_cli.model.weights import resolve_weights_path
+from lenet_cli.training.plots import save_confusion_matrix, save_misclassified_grid
+from lenet_cli.training.run_dir import new_run_dir
+from lenet_cli.utils.fileio import ensure_dir
 
 
 @dataclass(frozen=True)
@@ -86,7 +86,7 @@ def _evaluate(path: Path, request: EvalRequest, plot_dir: Path | None, events: E
         if request.tta:
             import torch
 
-            from lenet_cli.tta import tta_logits
+            from lenet_cli.inference.tta import tta_logits
 
             logits = torch.from_numpy(tta_logits(backend.logits, test.images.numpy()))
         elif isinstance(backend, OnnxBackend):
@@ -101,7 +101,7 @@ def _evaluate(path: Path, request: EvalRequest, plot_dir: Path | None, events: E
                         time.perf_counter() - start, result, tta=request.tta)
     if plot_dir is not None:
         wrong = result.misclassified[:64]
-        title = f"Confusion matrix: {path.name}, accuracy {pct(result.accuracy)}"
+        title = f"Confusion matrix: {path.name}, accuracy {100 * result.accuracy:.2f}%"
         report.files = {
             "confusion_matrix": save_confusion_matrix(result.confusion, plot_dir / "confusion_matrix.png", title),
             "misclassified": save_misclassified_grid(

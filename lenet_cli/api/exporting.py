@@ -6,13 +6,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from lenet_cli.data import load_split, resolve_data_dir
+from lenet_cli.data.mnist import load_split, resolve_data_dir
 from lenet_cli.events import Events
-from lenet_cli.export import check_options, export_onnx
-from lenet_cli.fileio import ensure_dir, refuse_existing
-from lenet_cli.onnx_io import PROB_TOLERANCE, ParityRow
-from lenet_cli.quantize import CALIBRATION_IMAGES, QUANT_MAX_DROP, QuantRow
-from lenet_cli.weights import read_info, resolve_weights_path
+from lenet_cli.export.exporter import check_options, export_onnx
+from lenet_cli.export.int8 import CALIBRATION_IMAGES, QUANT_MAX_DROP, QuantRow
+from lenet_cli.export.verify import PROB_TOLERANCE, ParityRow
+from lenet_cli.model.weights import read_info, resolve_weights_path
+from lenet_cli.utils.fileio import ensure_dir, refuse_existing
 
 
 @dataclass(frozen=True)

@@ -7,15 +7,20 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from lenet_cli.backends import load_backend
+from lenet_cli.data.preprocess import NOT_A_DIGIT
+from lenet_cli.data.sources import expand_inputs
 from lenet_cli.devices import AUTO, DeviceSpec
 from lenet_cli.errors import UsageError
 from lenet_cli.events import Events
-from lenet_cli.fileio import ensure_dir, refuse_existing
-from lenet_cli.imagefiles import expand_inputs
-from lenet_cli.images import NOT_A_DIGIT
-from lenet_cli.predict import PredictConfig, RowWriter, default_model_path, iter_predictions
-from lenet_cli.tta import tta_logits
+from lenet_cli.inference.backends import load_backend
+from lenet_cli.inference.pipeline import (
+    PredictConfig,
+    RowWriter,
+    default_model_path,
+    iter_predictions,
+)
+from lenet_cli.inference.tta import tta_logits
+from lenet_cli.utils.fileio import ensure_dir, refuse_existing
 
 PROGRESS_FROM_FILES = 50  # predict shows a progress bar from this many files
 

@@ -9,9 +9,11 @@ from typing import Any
 from lenet_cli.devices import DeviceSpec
 from lenet_cli.errors import UsageError
 from lenet_cli.events import Events
-from lenet_cli.predict import default_model_path
-from lenet_cli.serve import DEFAULT_WORKERS, ServeConfig, bind, create_app, is_all_interfaces, run, served_model
-from lenet_cli.signals import StopSignal
+from lenet_cli.inference.pipeline import default_model_path
+from lenet_cli.serve.app import create_app
+from lenet_cli.serve.classify import DEFAULT_WORKERS, ServeConfig, served_model
+from lenet_cli.serve.server import bind, is_all_interfaces, run
+from lenet_cli.utils.signals import StopSignal
 
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 8000

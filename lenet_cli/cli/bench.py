@@ -15,7 +15,15 @@ from lenet_cli.cli.console import (
     run_and_show,
     warn,
 )
-from lenet_cli.cli.options import DataDirOpt, DeviceOpt, ExistOkOpt, JsonOpt, WeightsOpt, device_spec, examples
+from lenet_cli.cli.options import (
+    DataDirOpt,
+    DeviceOpt,
+    ExistOkOpt,
+    JsonOpt,
+    WeightsOpt,
+    device_spec,
+    examples,
+)
 from lenet_cli.errors import UsageError
 
 EPILOG = examples(

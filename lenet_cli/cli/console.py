@@ -17,19 +17,24 @@ from rich.console import Console, Group
 from rich.markup import escape
 from rich.table import Table
 
-from lenet_cli.distributed import process_label
-from lenet_cli.evaluate import pct
 from lenet_cli.events import Events
-from lenet_cli.records import EpochRecord, json_safe
+from lenet_cli.training.distributed import process_label
+from lenet_cli.training.state import EpochRecord
+from lenet_cli.utils.serialization import json_safe
 
 if TYPE_CHECKING:  # pragma: no cover
     from rich.live import Live
     from rich.progress import Progress
 
-    from lenet_cli.evaluate import EvalResult
+    from lenet_cli.model.metrics import EvalResult
 
 out = Console(highlight=False)
 err = Console(stderr=True, highlight=False)
+
+
+def pct(x: float) -> str:
+    """0.99312 -> '99.31%' (NaN: 'n/a')."""
+    return "n/a" if x != x else f"{100 * x:.2f}%"
 
 
 def print_json(data: Any) -> None:

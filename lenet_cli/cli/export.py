@@ -18,7 +18,7 @@ from lenet_cli.cli.options import (
     examples,
 )
 from lenet_cli.errors import UsageError
-from lenet_cli.onnx_io import DEFAULT_OPSET, MAX_OPSET, MIN_OPSET
+from lenet_cli.export.graph import DEFAULT_OPSET, MAX_OPSET, MIN_OPSET
 
 EPILOG = examples(
     "lenet export --onnx  # bundled model -> lenet5.onnx",

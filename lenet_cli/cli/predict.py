@@ -13,7 +13,14 @@ from rich.table import Table
 
 from lenet_cli import api
 from lenet_cli.cli.console import RichEvents, error, out, run_and_show
-from lenet_cli.cli.options import ExistOkOpt, JsonOpt, TtaOpt, WeightsOpt, device_spec, examples
+from lenet_cli.cli.options import (
+    ExistOkOpt,
+    JsonOpt,
+    TtaOpt,
+    WeightsOpt,
+    device_spec,
+    examples,
+)
 from lenet_cli.devices import DEVICE_HELP
 from lenet_cli.errors import EXIT_FAILURE, IMAGE_HINTS, UnsureError, UsageError
 

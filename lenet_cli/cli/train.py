@@ -10,7 +10,6 @@ import typer
 from rich.table import Table
 
 from lenet_cli import api
-from lenet_cli.calibrate import MIN_IMAGES
 from lenet_cli.cli.console import (
     RichEvents,
     epoch_table,
@@ -30,7 +29,8 @@ from lenet_cli.cli.options import (
     examples,
 )
 from lenet_cli.errors import EXIT_INTERRUPTED
-from lenet_cli.records import TrainConfig
+from lenet_cli.model.calibration import MIN_IMAGES
+from lenet_cli.training.config import TrainConfig
 
 D = TrainConfig()  # the defaults of every option below come from the config, not repeated here
 

@@ -1,0 +1,264 @@
+"""Image files: decode one into grey levels (and alpha), and expand files, folders and globs.
+
+Only Pillow and numpy: `lenet predict` must not import torch.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import stat
+import sys
+import warnings
+from pathlib import Path
+
+import numpy as np
+
+from lenet_cli import __version__
+from lenet_cli.errors import ImageError, first_line
+from lenet_cli.utils.fileio import not_a_file
+
+MAX_PIXELS = 50_000_000  # refuse absurdly large images (decompression bombs)
+MAX_DOWNLOAD_BYTES = 20 * 1024 * 1024  # a URL or stdin: more than any photo of a digit needs
+URL_TIMEOUT_S = 10.0  # seconds to connect, and between two reads of the body
+STDIN = "-"  # `lenet predict -`: one image from stdin
+SUPPORTED = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp")
+
+
+class _UnsupportedMode(Exception):
+    """A decoded image whose pixel format cannot be made grey."""
+
+
+def load_gray(path: Path) -> tuple[np.ndarray, np.ndarray | None]:
+    """Decode an image file into float32 grey levels in [0, 1] and, if it has one, an alpha map."""
+    path = Path(path)
+    if not path.exists():
+        raise ImageError(f"{path}: file not found.", kind="not_found")
+    if path.is_dir():
+        if os.access(path, os.R_OK | os.X_OK):
+            raise ImageError(f"{path}: a folder with no images in it (its subfolders are not searched; "
+                             f"a quoted '{path}/**/*.png' searches them).", kind="not_found")
+        raise ImageError(f"{path}: is a folder whose images could not be listed.", kind="unreadable")
+    what = not_a_file(path)
+    if what is not None:  # never opened: a named pipe would block the whole run
+        raise ImageError(f"{path}: is {what}, not an image file.", kind="not_a_file")
+    try:
+        fh = open(path, "rb")  # noqa: SIM115 - closed below; opened here to tell "unreadable" apart
+    except OSError as exc:
+        raise ImageError(f"{path}: cannot read the file ({exc.strerror or exc}).", kind="unreadable") from exc
+    with fh:
+        if stat.S_ISREG(path.stat().st_mode) and path.stat().st_size == 0:  # a pipe reports 0 too
+            raise ImageError(f"{path}: the file is empty (0 bytes).", kind="empty")
+        return decode_gray(fh, str(path))
+
+
+def load_gray_bytes(data: bytes, where: str = "upload", max_pixels: int = MAX_PIXELS) -> tuple[np.ndarray, np.ndarray | None]:
+    """`load_gray` for an image held in memory (an upload, stdin, a download): the same checks and error kinds.
+
+    `where` only labels the errors ("-" for stdin, the URL, "upload").
+    """
+    if not data:
+        raise ImageError(f"{where}: the file is empty (0 bytes).", kind="empty")
+    return decode_gray(io.BytesIO(data), where, max_pixels)
+
+
+def decode_gray(fh, where: str, max_pixels: int = MAX_PIXELS) -> tuple[np.ndarray, np.ndarray | None]:
+    """Decode an open binary file into grey levels and alpha; ImageError (named after `where`) if it cannot be.
+
+    `max_pixels` is checked from the header, before any pixel is decoded, so a decompression
+    bomb is refused without the memory it asks for.
+    """
+    from PIL import Image, ImageOps, UnidentifiedImageError
+
+    Image.MAX_IMAGE_PIXELS = MAX_PIXELS
+    with warnings.catch_warnings():
+        # Pillow warns about damaged metadata ("Corrupt EXIF data", "Tag data larger than file") on
+        # stderr, over the one line the user gets; whether the pixels decode is what counts.
+        warnings.simplefilter("ignore")
+        # Pillow only warns between 1x and 2x its pixel limit; here that is an error too.
+        warnings.simplefilter("error", Image.DecompressionBombWarning)
+        try:
+            with Image.open(fh) as img:
+                if img.width * img.height > max_pixels:
+                    raise ImageError(f"{where}: image is {img.width}x{img.height}, too large "
+                                     f"(limit {max_pixels:,} pixels).", kind="too_large")
+                if img.width == 0 or img.height == 0:
+                    raise ImageError(f"{where}: the image has no pixels ({img.width}x{img.height}).", kind="empty")
+                img.seek(0)  # first frame of an animated GIF/WebP/TIFF
+                img.load()
+                return _to_gray(_upright(img, ImageOps))
+        except ImageError:
+            raise
+        except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
+            raise ImageError(f"{where}: image is too large ({exc}).", kind="too_large") from exc
+        except _UnsupportedMode as exc:
+            raise ImageError(f"{where}: unsupported pixel format {exc}.", kind="not_image") from exc
+        except UnidentifiedImageError as exc:
+            raise ImageError(f"{where}: not an image (Pillow cannot identify its format).", kind="not_image") from exc
+        except (OSError, SyntaxError, ValueError, EOFError, MemoryError) as exc:
+            # Truncated downloads and damaged files end up here ("image file is truncated", ...).
+            detail = first_line(exc)
+            raise ImageError(f"{where}: damaged or truncated image ({detail}).", kind="corrupt") from exc
+
+
+def is_url(item: str) -> bool:
+    """An http:// or https:// address (other schemes are taken as file names, and not found)."""
+    return item.lower().startswith(("http://", "https://"))
+
+
+def fetch_url(url: str, max_bytes: int | None = None, timeout: float | None = None) -> tuple[bytes, str]:
+    """The body of an HTTP(S) GET (at most `max_bytes`) and its content type; a failure is an ImageError.
+
+    The stdlib's urllib, so the URL path costs no import beyond it (and never torch).
+    `timeout` bounds the connection and each read, not the whole download. Both default to
+    the module's MAX_DOWNLOAD_BYTES and URL_TIMEOUT_S, read at call time.
+    """
+    max_bytes = MAX_DOWNLOAD_BYTES if max_bytes is None else max_bytes
+    timeout = URL_TIMEOUT_S if timeout is None else timeout
+    import socket
+    import urllib.error
+    import urllib.request
+
+    request = urllib.request.Request(url, headers={"User-Agent": f"lenet/{__version__}"})
+    try:
+        with urllib.request.urlopen(request, timeout=timeout) as response:  # noqa: S310 - http(s) only, see is_url
+            length = response.headers.get("Content-Length")
+            if length is not None and length.isdigit() and int(length) > max_bytes:
+                raise ImageError(f"{url}: the server sends {int(length):,} bytes, over the limit of "
+                                 f"{max_bytes:,}.", kind="too_large")
+            data = response.read(max_bytes + 1)  # one byte more tells "exactly the limit" from "over it"
+            kind = response.headers.get_content_type()
+    except ImageError:
+        raise
+    except urllib.error.HTTPError as exc:
+        what = "not_found" if exc.code in (404, 410) else "http_error"
+        raise ImageError(f"{url}: the server answered HTTP {exc.code} {exc.reason}.", kind=what) from None
+    except (TimeoutError, socket.timeout) as exc:
+        raise ImageError(f"{url}: no answer within {timeout:g} s.", kind="timeout") from exc
+    except urllib.error.URLError as exc:
+        if isinstance(exc.reason, (TimeoutError, socket.timeout)):
+            raise ImageError(f"{url}: no answer within {timeout:g} s.", kind="timeout") from exc
+        reason = getattr(exc.reason, "strerror", None) or exc.reason
+        raise ImageError(f"{url}: cannot connect ({reason}).", kind="unreachable") from exc
+    except (OSError, ValueError) as exc:  # a dropped connection mid-body, a malformed address
+        raise ImageError(f"{url}: download failed ({first_line(exc)}).", kind="unreachable") from exc
+    if len(data) > max_bytes:
+        raise ImageError(f"{url}: over the download limit of {max_bytes:,} bytes.", kind="too_large")
+    return data, kind
+
+
+def read_stdin(max_bytes: int | None = None) -> bytes:
+    """One image piped to `lenet predict -`, at most `max_bytes` (default MAX_DOWNLOAD_BYTES)."""
+    max_bytes = MAX_DOWNLOAD_BYTES if max_bytes is None else max_bytes
+    stream = sys.stdin.buffer if sys.stdin is not None else None
+    if stream is None or stream.isatty():
+        raise ImageError("-: stdin is a terminal, not an image. Pipe one in: cat digit.png | lenet predict -",
+                         kind="empty")
+    data = stream.read(max_bytes + 1)
+    if len(data) > max_bytes:
+        raise ImageError(f"-: more than the limit of {max_bytes:,} bytes on stdin.", kind="too_large")
+    return data
+
+
+def load_source(source: Path | str) -> tuple[np.ndarray, np.ndarray | None]:
+    """Grey levels and alpha of one input: an image file, an http(s) URL, or "-" for stdin."""
+    if isinstance(source, str) and source == STDIN:
+        data = read_stdin()
+        if not data:
+            raise ImageError("-: nothing came on stdin (0 bytes).", kind="empty")
+        return load_gray_bytes(data, STDIN)
+    if isinstance(source, str) and is_url(source):
+        data, content_type = fetch_url(source)
+        try:
+            return load_gray_bytes(data, source)
+        except ImageError as exc:
+            if exc.kind == "not_image" and not content_type.startswith("image/"):  # usually an HTML page
+                raise ImageError(f"{source}: not an image (the server sent {content_type}).", kind="not_image") from None
+            raise
+    return load_gray(Path(source))
+
+
+def _upright(img, image_ops):
+    """Apply the EXIF orientation of phone photos.
+
+    Pillow's exif_transpose also rewrites the EXIF block and fails on a malformed tag
+    (struct.error, TypeError, ...); then the orientation is applied by hand, and a
+    block too damaged to read is ignored.
+    """
+    try:
+        return image_ops.exif_transpose(img) or img
+    except Exception:  # noqa: BLE001
+        pass
+    from PIL import Image
+
+    try:
+        orientation = int(img.getexif().get(0x0112, 1))
+    except Exception:  # noqa: BLE001
+        return img
+    t = Image.Transpose
+    method = {2: t.FLIP_LEFT_RIGHT, 3: t.ROTATE_180, 4: t.FLIP_TOP_BOTTOM, 5: t.TRANSPOSE,
+              6: t.ROTATE_270, 7: t.TRANSVERSE, 8: t.ROTATE_90}.get(orientation)
+    return img.transpose(method) if method is not None else img
+
+
+def _to_gray(img) -> tuple[np.ndarray, np.ndarray | None]:
+    """Grey levels in [0, 1] and the alpha map (None when fully opaque) of a decoded image."""
+    mode = img.mode
+    alpha = None
+    if mode == "P":
+        img = img.convert("RGBA" if "transparency" in img.info else "RGB")
+        mode = img.mode
+    if mode in ("I;16", "I;16B", "I;16L", "I", "F"):
+        arr = np.nan_to_num(np.asarray(img, dtype=np.float32), nan=0.0, posinf=0.0, neginf=0.0)
+        top = float(arr.max()) if arr.size else 0.0
+        # Scale by the bit depth the values fit in: floats in [0, 1], 8-bit data stored in a
+        # 16-bit file, 12-bit scans, full 16-bit.
+        hi = next((h for h in (1.0, 255.0, 4095.0, 65535.0) if top <= h), top)
+        return np.clip(arr / hi, 0, 1), None
+    if mode in ("RGBA", "LA", "PA"):
+        alpha = np.asarray(img.getchannel("A"), dtype=np.float32) / 255.0
+        img = img.convert("RGB" if mode == "RGBA" else "L")
+        if float(alpha.min()) >= 0.99:
+            alpha = None  # opaque: an MNIST crop saved as RGBA must still pass through
+    try:
+        gray = np.asarray(img.convert("L"), dtype=np.float32) / 255.0
+    except ValueError as exc:  # e.g. LAB, which Pillow cannot turn into grey
+        raise _UnsupportedMode(mode) from exc
+    return gray, alpha
+
+
+def expand_inputs(items: list[str]) -> list[Path | str]:
+    """Files, directories (their images, sorted) and glob patterns -> a list of paths.
+
+    A name that matches nothing is kept, so it is reported as 'file not found' in its row.
+    URLs and "-" (stdin) stay strings: `load_source` reads them.
+    """
+    import glob
+
+    def folder(p: Path) -> list[Path]:
+        try:
+            # Hidden files (macOS "._x.png" resource forks, ".DS_Store") are not the user's images.
+            return sorted(q for q in p.iterdir()
+                          if q.is_file() and q.suffix.lower() in SUPPORTED and not q.name.startswith("."))
+        except OSError:
+            return [p]  # reported in its row: a folder that cannot be listed
+
+    paths: list[Path | str] = []
+    for item in items:
+        if item == STDIN or is_url(item):
+            paths.append(item)
+            continue
+        p = Path(item).expanduser()
+        if p.is_dir():
+            paths += folder(p) or [p]  # a folder without images is reported in its row, not skipped
+        elif p.exists() or not any(ch in item for ch in "*?["):
+            paths.append(p)  # a real file named "z[1].png" is that file, not a pattern
+        else:
+            matches = [Path(m) for m in glob.glob(str(p), recursive=True)]
+            # The images of a folder the pattern matches are read, as with the shell's expansion of it:
+            # 'scans/*' reads those of scans/'s subfolders. Each once, in order: 'scans/**' matches a
+            # file and the folder it is in.
+            paths += sorted({q for m in matches for q in (folder(m) if m.is_dir() else [m])})
+            if not matches:
+                paths.append(p)
+    return paths

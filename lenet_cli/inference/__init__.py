@@ -1,0 +1,9 @@
+"""Inference: a model file in, predictions out.
+
+* onnx_session.py: onnxruntime sessions on the CPU or CUDA (no torch).
+* backends.py: one `logits(uint8 batch)` interface over onnxruntime and PyTorch.
+* pipeline.py: image files to prediction rows, streamed in input order.
+* tta.py: test-time augmentation over one-pixel shifts.
+
+May import: model/, data/, utils/, the top-level modules; torch only inside the PyTorch backend.
+"""
