@@ -120,19 +120,22 @@ def train(
                                given=typed_settings(ctx))
     with RichEvents() as events:
         report = api.train(request, events)
+    show(report, json_out)
+    if report.result.interrupted:
+        raise typer.Exit(EXIT_INTERRUPTED)
+
+
+def show(report: api.TrainReport, json_out: bool) -> None:
+    """The report as tables or JSON on stdout; how to continue a stopped run on stderr."""
     if report.quiet:  # a process of a torchrun launch other than rank 0: rank 0 reports for all
-        if report.result.interrupted:
-            raise typer.Exit(EXIT_INTERRUPTED)
         return
     if json_out:  # the notice first, then the data (as the stopped run prints it in a terminal)
         _say_how_to_continue(report)
         print_json(report.to_dict())
-    else:
-        if report.test is not None:
-            render(report)
-        _say_how_to_continue(report)
-    if report.result.interrupted:
-        raise typer.Exit(EXIT_INTERRUPTED)
+        return
+    if report.test is not None:
+        render(report)
+    _say_how_to_continue(report)
 
 
 def typed_settings(ctx: typer.Context) -> frozenset[str]:

@@ -23,7 +23,7 @@ from lenet_cli.cli.app import app
 from lenet_cli.errors import EXIT_UNSURE
 
 runner = CliRunner()
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 USPS = Path(os.environ.get("LENET_USPS_DIR", ROOT.parent / "shared" / "realworld" / "usps-train"))
 
 
@@ -73,6 +73,7 @@ def test_thick_strokes_on_small_images_stay_solid(side):
 # ------------------------------------------------------------------ confidence notes
 
 
+@pytest.mark.slow
 def test_not_digits_get_a_note_and_real_digits_do_not(tmp_path):
     """Specks, blobs and dashes carry `not a digit` (or `low confidence`); the drawn digits almost never do."""
     junk = handwriting.write(handwriting.not_digits(n_per_kind=6, seed=5), tmp_path / "junk")
@@ -268,6 +269,7 @@ def test_url(http_server, tmp_path):
     assert sorted(p.name for p in (tmp_path / "prev").iterdir()) == ["digit.png", "local.png", "octet.png"]
 
 
+@pytest.mark.slow
 def test_url_errors(http_server, monkeypatch):
     import lenet_cli.data.sources as imagefiles
 

@@ -15,7 +15,7 @@ from lenet_cli.training.config import TrainConfig
 from lenet_cli.training.loop import train
 
 CPU = torch.device("cpu")
-FIXTURES = Path(__file__).parent / "fixtures"
+FIXTURES = Path(__file__).parents[1] / "fixtures"
 # Written by lenet 0.2.0.dev0 (commit 8f4797e), whose flat-buffer optimizer kept torch.optim's
 # state layout: AdamW, 2 epochs, batch 64, val-size 100, seed 5, stopped at the end of epoch 1,
 # trained on conftest.write_mnist's synthetic set (the `tiny_mnist` fixture).

@@ -113,6 +113,7 @@ def test_train_bad_options_are_usage_errors(args, text, tiny_mnist, tmp_path):
     assert_clean_error(result, 2, text)
 
 
+@pytest.mark.slow
 def test_eval_tables_and_plots(tiny_mnist, trained_weights, tmp_path):
     result = invoke("eval", "--weights", trained_weights, "--data-dir", tiny_mnist, "--device", "cpu",
                     "--output-dir", tmp_path / "ev")
@@ -191,6 +192,7 @@ def test_predict_no_ink(tmp_path):
     assert "no ink" in json.loads(result.stdout)["results"][0]["error"]
 
 
+@pytest.mark.slow
 def test_export_onnx_roundtrip(tiny_mnist, trained_weights, tmp_path):
     import onnx
 
@@ -235,6 +237,7 @@ def test_bench_refuses_to_replace_an_existing_output(tmp_path):
     assert out.read_text() == "{}"
 
 
+@pytest.mark.slow
 def test_bench_quick_json(tmp_path):
     out = tmp_path / "bench.json"
     result = invoke("bench", "--quick", "--batch-sizes", "1,8", "--device", "cpu", "--json", "--output", out,
@@ -280,6 +283,7 @@ def test_bench_quick_json(tmp_path):
     assert json.loads(out.read_text())["inference"]
 
 
+@pytest.mark.slow
 def test_bench_table_without_tutorial():
     result = invoke("bench", "--quick", "--batch-sizes", "2", "--device", "cpu", "--backends", "onnxruntime",
                     "--no-tutorial", "--train-batch-size", "16")

@@ -63,6 +63,7 @@ def test_model_config_json_roundtrip_and_unknown_keys():
 
 @pytest.mark.parametrize("pool_first", [True, False])
 @pytest.mark.parametrize("negative_scale", [False, True])
+@pytest.mark.slow
 def test_export_folds_batch_norm_where_exact(pool_first, negative_scale):
     import onnx
     import onnxruntime as ort
@@ -339,7 +340,7 @@ def test_bundled_weights_load():
 
 def test_a_lenet_0_1_0_weights_file_loads_as_the_pool_last_model_it_is():
     # The bundled model of lenet 0.1.0, kept as a fixture: no pool_first key, so pool last.
-    path = Path(__file__).parent / "fixtures" / "weights-0.1.0-modern.safetensors"
+    path = Path(__file__).parents[1] / "fixtures" / "weights-0.1.0-modern.safetensors"
     m, info = weights_mod.load_model(path)
     assert info.config.preset == "modern" and not info.config.pool_first
     assert info.metrics["test_accuracy"] >= 0.993

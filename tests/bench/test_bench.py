@@ -26,6 +26,7 @@ def invoke(*args):
     return runner.invoke(app, [str(a) for a in args])
 
 
+@pytest.mark.slow
 def test_each_measurement_and_repeat_runs_in_a_fresh_process():
     result = invoke("bench", "--quick", "--repeats", "2", "--batch-sizes", "1,8", "--device", "cpu",
                     "--backends", "torch,onnxruntime", "--json")
@@ -61,6 +62,7 @@ def test_each_measurement_and_repeat_runs_in_a_fresh_process():
     assert "p50 min" in text and "tutorial DataLoader" in text and "skipped time to accuracy" in table.stderr
 
 
+@pytest.mark.slow
 def test_a_worker_that_fails_is_one_error_line(monkeypatch):
     monkeypatch.setattr(bench_processes, "WORKER_MODULE", "lenet_cli.no_such_worker")
     result = invoke("bench", "--quick", "--device", "cpu", "--backends", "onnxruntime", "--batch-sizes", "1")
@@ -70,6 +72,7 @@ def test_a_worker_that_fails_is_one_error_line(monkeypatch):
     assert "No module named lenet_cli.no_such_worker" in lines[0] and "Traceback" not in result.output
 
 
+@pytest.mark.slow
 def test_worker_errors_crashes_and_timeouts_are_bench_errors():
     with pytest.raises(BenchError, match=r"unknown bench job 'nope' \(pid \d+\)"):
         run_worker({"kind": "nope"})
@@ -81,6 +84,7 @@ def test_worker_errors_crashes_and_timeouts_are_bench_errors():
     assert answer["peak_gflops"]["cpu"] > 0 and answer["pid"] != os.getpid()
 
 
+@pytest.mark.slow
 def test_training_rows_use_the_images_lenet_train_trains_on(real_mnist):
     answer = run_worker({"kind": "train-epoch", "pipeline": "lenet", "device": "cpu", "images": 300,
                          "data_dir": str(real_mnist), "batch_size": 64})
@@ -88,6 +92,7 @@ def test_training_rows_use_the_images_lenet_train_trains_on(real_mnist):
     assert answer["steps"] == 5 and answer["seconds"] > 0
 
 
+@pytest.mark.slow
 def test_training_rows_on_too_small_a_data_set_fail_as_lenet_train_would(tiny_mnist):
     # 600 training images, and the default --val-size holds out 5000 of them.
     with pytest.raises(BenchError, match="Validation size 5000"):
@@ -95,6 +100,7 @@ def test_training_rows_on_too_small_a_data_set_fail_as_lenet_train_would(tiny_mn
                     "data_dir": str(tiny_mnist)})
 
 
+@pytest.mark.slow
 def test_the_one_epoch_run_reports_lenet_trains_error(tiny_mnist):
     # lenet train itself refuses: the default --val-size 5000 is larger than the tiny set. Its own
     # one-line error comes back, naming the option.
@@ -102,6 +108,7 @@ def test_the_one_epoch_run_reports_lenet_trains_error(tiny_mnist):
         time_to_accuracy("cpu", str(tiny_mnist), timeout=300)
 
 
+@pytest.mark.slow
 def test_the_one_epoch_run_on_real_mnist(real_mnist):
     tta = time_to_accuracy("cpu", str(real_mnist), timeout=900)
     assert tta["command"] == "lenet train --epochs 1" and tta["epochs"] == 1 and tta["target"] == 0.99

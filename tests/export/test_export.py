@@ -20,6 +20,7 @@ def invoke(*args):
     return result
 
 
+@pytest.mark.slow
 def test_int8_export_writes_a_compared_quantized_model(tiny_mnist, trained_weights, tmp_path, monkeypatch):
     import onnx
 
@@ -58,6 +59,7 @@ def test_int8_export_writes_a_compared_quantized_model(tiny_mnist, trained_weigh
     assert json.loads(ev.stdout)["accuracy"] == pytest.approx(i8["test_accuracy"], abs=1e-6)
 
 
+@pytest.mark.slow
 def test_int8_that_loses_accuracy_is_refused_and_writes_nothing(tiny_mnist, trained_weights, tmp_path, monkeypatch):
     import lenet_cli.export.exporter as export
 
@@ -70,6 +72,7 @@ def test_int8_that_loses_accuracy_is_refused_and_writes_nothing(tiny_mnist, trai
     assert out.read_bytes() == b"an earlier, good file" and [p.name for p in tmp_path.iterdir()] == ["q.onnx"]
 
 
+@pytest.mark.slow
 def test_an_existing_output_is_refused_unless_exist_ok(tiny_mnist, trained_weights, tmp_path):
     out = tmp_path / "m.onnx"
     out.write_bytes(b"an earlier export")
@@ -82,6 +85,7 @@ def test_an_existing_output_is_refused_unless_exist_ok(tiny_mnist, trained_weigh
     assert out.read_bytes()[:4] != b"an e" and out.stat().st_size > 100_000  # replaced by the real export
 
 
+@pytest.mark.slow
 def test_failed_verification_writes_nothing(tiny_mnist, trained_weights, tmp_path, monkeypatch):
     import lenet_cli.export.verify as verify
 

@@ -310,6 +310,7 @@ def _train_then_signal(train_args: list[str], sig: int) -> tuple[int, str]:
     return proc.returncode, "".join(seen) + errs
 
 
+@pytest.mark.slow
 def test_ctrl_c_saves_a_checkpoint_and_resume_finishes_the_run(tiny_mnist, tmp_path):
     """A real SIGINT to a real `lenet train`, then `lenet train --resume`: same weights as without Ctrl-C."""
     common = ["--epochs", "6", "-b", "16", "--val-size", "100", "--seed", "5", "--device", "cpu",
@@ -370,6 +371,7 @@ def test_resume_of_a_finished_run_writes_its_weights(tiny_mnist, tmp_path):
     assert (run / "last.safetensors").is_file()
 
 
+@pytest.mark.slow
 def test_sigterm_also_stops_at_a_step_and_saves_a_checkpoint(tiny_mnist, tmp_path):
     """`kill` (SIGTERM, what job schedulers send) gets the same clean stop as Ctrl-C."""
     run = tmp_path / "run"

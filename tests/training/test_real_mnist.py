@@ -10,6 +10,8 @@ from typer.testing import CliRunner
 
 from lenet_cli.cli.app import app
 
+pytestmark = pytest.mark.slow  # every test here trains or evaluates on the real MNIST
+
 runner = CliRunner()
 
 

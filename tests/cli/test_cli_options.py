@@ -21,7 +21,7 @@ from lenet_cli.errors import UsageError
 from lenet_cli.training.config import TrainConfig
 
 runner = CliRunner()
-FLAT_CHECKPOINT = Path(__file__).parent / "fixtures" / "checkpoint-0.2.0.dev0-adamw.safetensors"
+FLAT_CHECKPOINT = Path(__file__).parents[1] / "fixtures" / "checkpoint-0.2.0.dev0-adamw.safetensors"
 
 
 @pytest.fixture

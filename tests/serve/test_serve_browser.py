@@ -16,6 +16,8 @@ import numpy as np
 import pytest
 from test_serve import start_serve
 
+pytestmark = pytest.mark.slow  # every test here starts a browser
+
 CHROMIUM = os.environ.get("LENET_TEST_CHROMIUM") or shutil.which("chromium") or "/usr/bin/chromium"
 
 

@@ -145,6 +145,7 @@ def _locked_copy(src: Path, dst: Path) -> Path:
 
 
 @pytest.mark.parametrize("kind", ["image", "safetensors", "onnx", "mnist"])
+@pytest.mark.slow
 def test_unreadable_file(kind, permissions_apply, tmp_path, digit_png, tiny_mnist):
     if kind == "image":
         locked = _locked_copy(digit_png, tmp_path / "locked.png")
@@ -175,6 +176,7 @@ def test_unreadable_file(kind, permissions_apply, tmp_path, digit_png, tiny_mnis
 
 
 @pytest.mark.parametrize("command", ["eval", "predict", "train"])
+@pytest.mark.slow
 def test_read_only_output_directory(command, permissions_apply, tmp_path, digit_png, tiny_mnist):
     read_only = tmp_path / "ro"
     read_only.mkdir()
@@ -599,6 +601,7 @@ def _enospc(*args, **kwargs):
 
 
 @pytest.mark.parametrize("command", ["train", "eval", "predict", "export", "bench"])
+@pytest.mark.slow
 def test_disk_full(command, monkeypatch, tmp_path, tiny_mnist, digit_png):
     """ENOSPC while a file is written: 'Disk full', exit 1, no temporary file left, no target written."""
     out = tmp_path / "out"
@@ -662,6 +665,7 @@ def _closed_pipe_run(args: list, cwd: Path) -> tuple[int, str]:
         ["eval", "--data-dir", "{mnist}", "--no-plots", "--device", "cpu"],
     ],
 )
+@pytest.mark.slow
 def test_closed_stdout_exits_quietly(args, tmp_path, digit_png, tiny_mnist):
     args = [a.replace("{png}", str(digit_png)).replace("{mnist}", str(tiny_mnist)) for a in args]
     code, err = _closed_pipe_run(args, tmp_path)
@@ -707,7 +711,7 @@ def test_usage_errors_of_the_installed_command_are_one_line(args, words):
 
 
 def test_a_checkpoint_given_as_weights_says_what_it_is(tmp_path):
-    ckpt = Path(__file__).parent / "fixtures" / "checkpoint-0.2.0.dev0-adamw.safetensors"
+    ckpt = Path(__file__).parents[1] / "fixtures" / "checkpoint-0.2.0.dev0-adamw.safetensors"
     result = invoke("eval", "--weights", ckpt)
     assert_clean_error(result, 1, "training checkpoint", "best.safetensors")
 

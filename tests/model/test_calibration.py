@@ -112,6 +112,7 @@ def test_a_run_without_a_validation_split_keeps_temperature_one(tiny_mnist, tmp_
     json.loads((tmp_path / "j" / "history.json").read_text(), parse_constant=refuse)
 
 
+@pytest.mark.slow
 def test_an_exported_model_carries_the_temperature(tiny_mnist, trained_weights, tmp_path):
     import onnxruntime as ort
 

@@ -149,6 +149,7 @@ def test_rows_of_failed_files_stream_without_waiting_for_a_batch(tmp_path):
     assert first["error_kind"] == "not_found" and len(seen) <= 1
 
 
+@pytest.mark.slow
 def test_two_runs_started_together_into_one_folder_leave_one_run(tiny_mnist, tmp_path):
     out = tmp_path / "run"
     cmd = [sys.executable, "-m", "lenet_cli", "train", *FAST, "--data-dir", str(tiny_mnist), "-o", str(out)]
@@ -227,6 +228,7 @@ def _digits(folder: Path, n: int) -> list[Path]:
 
 
 @pytest.mark.parametrize("suffix", [".jsonl", ".csv"])
+@pytest.mark.slow
 def test_predict_streams_every_row_to_stdout_and_to_a_file(tmp_path, suffix):
     import csv
 
@@ -246,6 +248,7 @@ def test_predict_streams_every_row_to_stdout_and_to_a_file(tmp_path, suffix):
     assert table.exit_code == 0 and "the first 200 of 300 files" in table.stdout
 
 
+@pytest.mark.slow
 def test_a_killed_streaming_predict_leaves_every_finished_row(tmp_path):
     _digits(tmp_path / "digits", 1500)
     out = tmp_path / "rows.jsonl"

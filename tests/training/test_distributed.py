@@ -26,7 +26,7 @@ from lenet_cli.errors import UsageError
 
 LAUNCH_TIMEOUT = 300  # seconds; a launch that takes longer has hung
 TRAIN = ["--no-download", "--epochs", "4", "--batch-size", "32", "--val-size", "100", "--seed", "5"]
-HERE = Path(__file__).parent
+HERE = Path(__file__).parents[1]  # tests/: the helper scripts live there
 
 
 def free_port() -> int:
@@ -75,6 +75,7 @@ def two_runs(tiny_mnist, tmp_path_factory):
     return out
 
 
+@pytest.mark.slow
 def test_two_processes_write_one_run_folder(two_runs):
     folder, r = two_runs[0]
     assert sorted(p.name for p in folder.iterdir()) == sorted(
@@ -100,6 +101,7 @@ def test_same_seed_same_weights(two_runs):
         assert_same(weights(a / name), weights(b / name))
 
 
+@pytest.mark.slow
 def test_the_clean_epochs_skip_augmentation_under_torchrun_too(two_runs, tiny_mnist, tmp_path):
     """The default run's last 2 of 4 epochs are unaugmented; every epoch augmented gives other weights."""
     folder = tmp_path / "augmented"
@@ -110,6 +112,7 @@ def test_the_clean_epochs_skip_augmentation_under_torchrun_too(two_runs, tiny_mn
     assert any(not torch.equal(clean[k], augmented[k]) for k in clean if clean[k].is_floating_point())
 
 
+@pytest.mark.slow
 def test_interrupt_then_resume_continues_to_the_same_weights(two_runs, tiny_mnist, tmp_path):
     """SIGTERM to torchrun after the first epoch: every process stops at one step, one checkpoint, and
     --resume under torchrun (same number of processes) ends with the uninterrupted run's weights."""
@@ -138,6 +141,7 @@ def test_interrupt_then_resume_continues_to_the_same_weights(two_runs, tiny_mnis
     assert_same(weights(folder / "last.safetensors"), weights(uninterrupted / "last.safetensors"))
 
 
+@pytest.mark.slow
 def test_a_failing_process_ends_the_launch_with_its_message(tiny_mnist, tmp_path):
     started = time.monotonic()
     r = launch(["train", "--data-dir", str(tiny_mnist), "-o", str(tmp_path / "run"), *TRAIN],

@@ -42,6 +42,7 @@ def read_idx(path: Path) -> np.ndarray:
 # ------------------------------------------------------------------ accuracy
 
 
+@pytest.mark.slow
 def test_accuracy_on_drawn_digits(tmp_path):
     """>= 97% on 300 Pillow-drawn digits: thin pens on big canvases, photos, icons, both polarities."""
     labels = handwriting.write(handwriting.generate(n_per_class=30, seed=0), tmp_path / "set")
@@ -62,6 +63,7 @@ def test_accuracy_on_drawn_digits(tmp_path):
 
 
 @pytest.mark.real_mnist
+@pytest.mark.slow
 def test_accuracy_on_real_handwriting_redrawn(real_mnist, tmp_path):
     """Real people's digits (MNIST test set) re-drawn with thin pens, as photos, icons, ...: >= 97%."""
     images = read_idx(real_mnist / "t10k-images-idx3-ubyte.gz").reshape(-1, 28, 28)
@@ -436,6 +438,7 @@ def test_default_path_does_not_import_torch(tmp_path):
     assert json.loads(out.stdout[: out.stdout.rindex("}") + 1])["results"][0]["prediction"] == 3
 
 
+@pytest.mark.slow
 def test_torch_and_onnx_backends_agree(tmp_path):
     from lenet_cli.model.weights import bundled_weights_path
 

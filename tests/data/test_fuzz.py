@@ -133,6 +133,7 @@ def digit_png(tmp_path_factory) -> Path:
 
 @FUZZ
 @given(fmt=st.sampled_from(sorted(IMAGE_SEEDS)), data=st.data())
+@pytest.mark.slow
 def test_any_bytes_as_an_image(fmt, data, tmp_path):
     content = data.draw(random_or_mutated(IMAGE_SEEDS[fmt], hot=512), label="content")
     path = tmp_path / f"input{SUFFIX[fmt]}"
@@ -209,6 +210,7 @@ def test_the_property_catches_a_crash(monkeypatch, tmp_path, digit_png):
 @FUZZ
 @given(kinds=st.lists(st.sampled_from(["image", "fifo", "folder", "missing", "garbage"]), min_size=1, max_size=8),
        stream=st.sampled_from(["--json", "--jsonl", "--output"]))
+@pytest.mark.slow
 def test_any_mix_of_files_pipes_and_folders_streams_one_row_each_in_order(kinds, stream, tmp_path_factory):
     """Whatever the inputs are, predict never blocks, gives one row per input in order, and the
     streamed formats hold exactly the rows --json holds."""
