@@ -1,6 +1,6 @@
 """The pipeline LeNet tutorials use, kept as they write it: what `lenet bench` compares training with.
 
-docs/tutorial_baseline.py runs the same model on the real MNIST for whole epochs.
+scripts/tutorial_baseline.py runs the same model on the real MNIST for whole epochs.
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ MNIST_MEAN, MNIST_STD = 0.1307, 0.3081  # the constants every tutorial's Normali
 
 
 def tutorial_lenet() -> "torch.nn.Module":
-    """The LeNet-5 of the usual PyTorch tutorial (ReLU, max pooling, no batch norm); docs/tutorial_baseline.py too."""
+    """The LeNet-5 of the usual PyTorch tutorial (ReLU, max pooling, no batch norm); scripts/tutorial_baseline.py too."""
     from torch import nn
 
     return nn.Sequential(

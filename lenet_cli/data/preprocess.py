@@ -42,7 +42,7 @@ MIN_CONTRAST = 0.06  # ink must differ from the background by ~15 grey levels
 
 
 # What no digit looks like, in the 28x28 the model sees (chosen on the development sets; see
-# docs/predict_validation.py and the README for how many real digits and how much junk each flags):
+# scripts/predict_validation.py and the README for how many real digits and how much junk each flags):
 BLOB_DEPTH = 4  # 3x3 erosions a patch of ink survives: a solid 9x9 block, four times MNIST's stroke
 LINE_ASPECT = 0.5  # ink less than half as tall as it is wide: a dash or an underline
 # ... or ink spread along one axis (its standard deviation along it over LINE_ELONGATION times that

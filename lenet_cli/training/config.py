@@ -36,7 +36,7 @@ class TrainConfig:
     preset: str = "modern"
     epochs: int = 15
     # Batch 128, peak rate 1e-2 and label smoothing 0.1 won on the validation split at 1, 2, 3 and 15
-    # epochs and tied at 5 (README, "The recipe per epoch budget"; docs/recipe_search.py).
+    # epochs and tied at 5 (README, "The recipe per epoch budget"; scripts/recipe_search.py).
     batch_size: int = 128
     lr: float = 1e-2  # peak learning rate of the one-cycle schedule
     weight_decay: float = 5e-4

@@ -72,7 +72,7 @@ def augment_batch(x: "torch.Tensor", cfg: TrainConfig, gen: "torch.Generator") -
     m = torch.stack([cos, -sin, shift[:, 0], sin, cos, shift[:, 1]], 1).to(x.device, x.dtype).view(b, 6, 1, 1)
     # The sampling grid of the affine map, written out: F.affine_grid computes the same grid with a
     # batched matmul that makes augmentation 2.8x slower on the CPU, 7% of a whole training step at
-    # batch 256 on 2 cores (README, "How fast"; docs/augment_timing.py measures it).
+    # batch 256 on 2 cores (README, "How fast"; scripts/augment_timing.py measures it).
     xs = (torch.arange(w, device=x.device, dtype=x.dtype) * 2 + 1) / w - 1  # pixel centres (align_corners=False)
     ys = ((torch.arange(h, device=x.device, dtype=x.dtype) * 2 + 1) / h - 1).view(h, 1)
     gx = m[:, 0] * xs + m[:, 1] * ys + m[:, 2]

@@ -1,6 +1,6 @@
 """Do torch.compile and bf16 autocast pay on lenet's training step? Times `recipe.train_step` several ways.
 
-    python docs/step_compile_timing.py [--batch-size 256] [--steps 40] [--rounds 5] [--ways WAY ...]
+    python scripts/step_compile_timing.py [--batch-size 256] [--steps 40] [--rounds 5] [--ways WAY ...]
 
 Each way runs in its own fresh process (compiled code and thread pools stay out of each other's
 figures): `eager`, the step `lenet train` runs on the CPU in float32 (the model through `kernels.speed_up`;

@@ -1,6 +1,6 @@
 """How fast can lenet's epoch get with the convolution library it uses? A floor under the epoch, measured.
 
-    python docs/conv_floor.py --data-dir path/to/mnist [--steps 40] [--repeats 3]
+    python scripts/conv_floor.py --data-dir path/to/mnist [--steps 40] [--repeats 3]
 
 lenet's training step calls the convolutions of PyTorch's CPU backend (oneDNN) twice forward and
 twice backward (C1, in its polyphase form on the CPU, and C3). This script profiles the real

@@ -1,6 +1,6 @@
 """How the training recipe's defaults were chosen: train variants, compare them on the validation split.
 
-    python docs/recipe_search.py --data-dir path/to/mnist --epochs 15 --seeds 1 2 3 \
+    python scripts/recipe_search.py --data-dir path/to/mnist --epochs 15 --seeds 1 2 3 \
         base: no_smoothing:label_smoothing=0 ema:ema_decay=0.999
 
 Each variant is `name:` followed by comma-separated TrainConfig fields (`field=value`) on top of

@@ -1,6 +1,6 @@
 """Why `recipe.augment_batch` writes its sampling grid out instead of calling F.affine_grid.
 
-    python docs/augment_timing.py [--batch-size 256] [--repeats 300]
+    python scripts/augment_timing.py [--batch-size 256] [--repeats 300]
 
 Times, in one process and alternating, the augmentation of one training batch two ways:
 lenet's (the affine map's grid written out, then F.grid_sample) and the library's

@@ -1,6 +1,6 @@
 """The pipeline `lenet train` is compared with: a typical LeNet-5 tutorial, run for real.
 
-    python docs/tutorial_baseline.py --data-dir path/to/mnist [--epochs 15] [--json]
+    python scripts/tutorial_baseline.py --data-dir path/to/mnist [--epochs 15] [--json]
 
 What the tutorials do, kept as they do it: torchvision's `datasets.MNIST` with per-sample
 `ToTensor()` + `Normalize()`, a `DataLoader` with batch 64 and shuffling (no workers),

@@ -1,6 +1,6 @@
 """The README's screenshot of `lenet serve`'s page: start the server, draw a 4 with the mouse, save the page.
 
-    python docs/serve_screenshot.py docs/serve.png
+    python scripts/serve_screenshot.py docs/img/serve.png
 
 Needs Playwright for Python (the test extra) and a Chromium (/usr/bin/chromium, or $LENET_TEST_CHROMIUM).
 """

@@ -1,6 +1,6 @@
 """Write N small image files of drawn digits into a folder: the input of the README's large-folder timing.
 
-    python docs/make_digit_files.py DIR --count 100000
+    python scripts/make_digit_files.py DIR --count 100000
 
 Each file is a 40x40 greyscale PNG of a digit drawn with a few strokes (dark ink on white), named
 00000.png, 00001.png, ...; the same files every time (no randomness).

@@ -1,8 +1,8 @@
 """How `lenet predict`'s preprocessing was validated: accuracy tables, confidence notes, the README figure.
 
-    python docs/predict_validation.py                  # drawn digits, not-digits, usps-train
-    LENET_TEST_MNIST_DIR=path/to/mnist python docs/predict_validation.py   # + MNIST sets
-    python docs/predict_validation.py --usps DIR       # usps-train elsewhere (or $LENET_USPS_DIR)
+    python scripts/predict_validation.py                  # drawn digits, not-digits, usps-train
+    LENET_TEST_MNIST_DIR=path/to/mnist python scripts/predict_validation.py   # + MNIST sets
+    python scripts/predict_validation.py --usps DIR       # usps-train elsewhere (or $LENET_USPS_DIR)
 
 For each set it prints the bundled model's top-1 accuracy with three preprocessings, per
 style: lenet's; a simple MNIST-style baseline (invert to bright-on-dark, crop to the ink,
@@ -10,7 +10,7 @@ fit 20x20 keeping the aspect ratio with area averaging, centre by centre of mass
 and a typical tutorial's (resize to 28x28, invert). Then how many images get each of
 predict's notes (`not a digit`, `low confidence`): real digits should almost never, ink
 that is not a digit almost always. It checks that MNIST-form images pass through
-unchanged, and writes docs/preprocessing.png: what the model sees from each kind of image.
+unchanged, and writes docs/img/preprocessing.png: what the model sees from each kind of image.
 Uses the bundled ONNX model through onnxruntime, like `lenet predict`.
 
 Every set here is a development set: usps-train (real scans, never trained on), the
@@ -204,8 +204,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--usps", type=Path, default=Path(os.environ.get("LENET_USPS_DIR", DEFAULT_USPS)),
                         help="the usps-train folder (<label>/*.png); default $LENET_USPS_DIR or %(default)s")
-    parser.add_argument("--no-figure", action="store_true", help="do not write docs/preprocessing.png")
-    parser.add_argument("--figure-only", action="store_true", help="only write docs/preprocessing.png")
+    parser.add_argument("--no-figure", action="store_true", help="do not write docs/img/preprocessing.png")
+    parser.add_argument("--figure-only", action="store_true", help="only write docs/img/preprocessing.png")
     args = parser.parse_args()
     model = OnnxBackend(bundled_onnx_path(), "cpu")
     if not args.figure_only:
@@ -236,7 +236,7 @@ def tables(args, model) -> None:
 
 
 def write_figure(args, model) -> None:
-    """docs/preprocessing.png: the six drawn styles, formerly hollow USPS scans, a speck."""
+    """docs/img/preprocessing.png: the six drawn styles, formerly hollow USPS scans, a speck."""
     rng = np.random.default_rng(3)
     columns = [(s.style, *_to_gray(s.image), s.label) for s in
                (handwriting.render(label, style, rng) for label, style in

@@ -1,10 +1,10 @@
 """A bounded load test of `lenet serve` on loopback: N requests from C concurrent clients, then the figures.
 
-    python docs/serve_load.py --requests 2000 --clients 16
+    python scripts/serve_load.py --requests 2000 --clients 16
 
 Starts `lenet serve --port 0` (the bundled model) unless --url names a running server. Each client is
 a thread with one keep-alive connection (the standard library's http.client), posting 40x40 PNGs of
-drawn digits (docs/make_digit_files.py's strokes, dark ink on white) as raw image/png bodies, and
+drawn digits (scripts/make_digit_files.py's strokes, dark ink on white) as raw image/png bodies, and
 timing each request from send to parsed answer. The clients run on the same machine as the server.
 Prints requests/s, p50/p99 latency, every status seen, errors (any non-200 or failed connection) and
 how many answers were the drawn digit.
