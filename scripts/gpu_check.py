@@ -233,7 +233,8 @@ def step_export(c: Check) -> None:
         return
     ok = data["provider"] == "CUDAExecutionProvider" and data["max_prob_diff"] <= PARITY_PROB \
         and data["agreement"] >= PARITY_AGREE
-    c.record("export", ok, f"onnxruntime {data['provider']} vs PyTorch CUDA on {data['images']:,} test images: "
+    c.record("export", ok, f"onnxruntime {data['provider']} vs PyTorch on {data['torch_device']}, "
+             f"{data['images']:,} test images: "
              f"probabilities within {data['max_prob_diff']:.1e} (tolerance {PARITY_PROB:g}), same digit for "
              f"{100 * data['agreement']:.2f}%", time.monotonic() - t, **data)
 

@@ -29,7 +29,8 @@ def parity_probe(weights: Path, onnx: Path, data_dir: Path) -> dict[str, Any]:
     ref = TorchBackend(weights, resolve_device(device))
     a = torch.softmax(ref.logits_tensor(images), 1).cpu().numpy()
     b = np.asarray(torch.softmax(torch.from_numpy(ort.logits(images.numpy())), 1))
-    return {"provider": ort.session.get_providers()[0], "images": int(images.shape[0]),
+    return {"provider": ort.session.get_providers()[0], "torch_device": str(ref.torch_device),
+            "images": int(images.shape[0]),
             "max_prob_diff": float(np.abs(a - b).max()), "agreement": float((a.argmax(1) == b.argmax(1)).mean())}
 
 

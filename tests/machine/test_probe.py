@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from types import SimpleNamespace
 
-
 from lenet_cli.machine import probe
 
 XEON = """processor\t: 0

@@ -55,8 +55,10 @@ def test_auto_picks_mps_then_cpu(gpus, monkeypatch):
     assert device.type == "mps" and reason.endswith("MPS is available")
 
 
-@pytest.mark.parametrize("built, words", [(None, "this PyTorch build has no CUDA support"),
-                                          ("12.4", "PyTorch was built for CUDA 12.4, but no NVIDIA GPU or driver was found")])
+@pytest.mark.parametrize("built, words", [
+    (None, "this PyTorch build has no CUDA support"),
+    ("12.4", "PyTorch was built for CUDA 12.4, but no NVIDIA GPU or driver was found"),
+])
 def test_missing_gpu_says_why(gpus, built, words):
     gpus(0, built)
     with pytest.raises(DeviceError) as info:
