@@ -60,17 +60,35 @@ def _mps_available() -> bool:
     return bool(backend is not None and backend.is_available())
 
 
+def _no_cuda_reason() -> str:
+    """Why torch cannot use CUDA here: no CUDA in the build, or no GPU or driver for it."""
+    import torch
+
+    built = torch.version.cuda
+    if not built:
+        return "this PyTorch build has no CUDA support"
+    return f"PyTorch was built for CUDA {built}, but no NVIDIA GPU or driver was found"
+
+
+def auto_choice() -> tuple["torch.device", str]:
+    """What `--device auto` picks on this machine, and why (the reason `lenet checks` shows)."""
+    import torch
+
+    if torch.cuda.is_available():
+        n = torch.cuda.device_count()
+        return torch.device("cuda", 0), f"CUDA is available ({n} GPU{'s' if n != 1 else ''}): the first one"
+    if _mps_available():
+        return torch.device("mps"), f"no CUDA ({_no_cuda_reason()}); MPS is available"
+    return torch.device("cpu"), f"no CUDA ({_no_cuda_reason()}) and no MPS"
+
+
 def resolve_device(spec: str | DeviceSpec = AUTO) -> "torch.device":
     """Turn a device spec into a torch.device that exists on this machine."""
     import torch
 
     spec = parse_device(spec)
     if spec.kind == "auto":
-        if torch.cuda.is_available():
-            return torch.device("cuda", 0)
-        if _mps_available():
-            return torch.device("mps")
-        return torch.device("cpu")
+        return auto_choice()[0]
     if spec.kind == "cpu":
         return torch.device("cpu")
     if spec.kind == "mps":
@@ -81,13 +99,8 @@ def resolve_device(spec: str | DeviceSpec = AUTO) -> "torch.device":
             )
         return torch.device("mps")
     if not torch.cuda.is_available():
-        built = torch.version.cuda
-        why = (
-            "this PyTorch build has no CUDA support"
-            if not built
-            else f"PyTorch was built for CUDA {built}, but no NVIDIA GPU or driver was found"
-        )
-        raise DeviceError(f"CUDA was requested but is not available: {why}.", "Use --device cpu or --device auto.")
+        raise DeviceError(f"CUDA was requested but is not available: {_no_cuda_reason()}.",
+                          "Use --device cpu or --device auto.")
     count = torch.cuda.device_count()
     index = 0 if spec.index is None else spec.index
     if index >= count:

@@ -9,7 +9,7 @@ builds a request from its options, calls one of these functions and renders the 
 notebook or a test can call them the same way. Each function resolves `--device` once and
 passes the device itself down to the core modules.
 
-Each command's module (training, evaluation, prediction, exporting, benchmarking, serving) is loaded
+Each command's module (training, evaluation, prediction, exporting, benchmarking, serving, checking) is loaded
 on first use of one of its names, so that `lenet --help` loads none of them: they bring numpy
 (0.1 s on a 2-core machine), and `lenet --help` has no use for it.
 """
@@ -26,6 +26,7 @@ if TYPE_CHECKING:  # pragma: no cover
         BenchRequest,
         bench,
     )
+    from lenet_cli.api.checking import ChecksReport, ChecksRequest, checks
     from lenet_cli.api.evaluation import EvalReport, EvalRequest, evaluate
     from lenet_cli.api.exporting import ExportReport, ExportRequest, export
     from lenet_cli.api.prediction import PredictReport, PredictRequest, predict
@@ -39,6 +40,7 @@ _MODULES = {
     "exporting": ("ExportReport", "ExportRequest", "export"),
     "benchmarking": ("BENCH_BACKENDS", "BenchReport", "BenchRequest", "bench"),
     "serving": ("ServeReport", "ServeRequest", "serve"),
+    "checking": ("ChecksReport", "ChecksRequest", "checks"),
 }
 _WHERE = {name: module for module, names in _MODULES.items() for name in names}
 __all__ = sorted(_WHERE)

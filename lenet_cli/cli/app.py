@@ -17,7 +17,7 @@ from typing import Annotated, Any
 import typer
 
 from lenet_cli import __version__
-from lenet_cli.cli import bench, evaluate, export, predict, serve, train
+from lenet_cli.cli import bench, checks, evaluate, export, predict, serve, train
 from lenet_cli.cli.console import err, error
 from lenet_cli.errors import EXIT_FAILURE, EXIT_INTERRUPTED, LenetError, first_line
 
@@ -129,6 +129,7 @@ app.command(epilog=predict.EPILOG)(_handled(predict.predict))
 app.command(epilog=export.EPILOG)(_handled(export.export))
 app.command(epilog=bench.EPILOG)(_handled(bench.bench))
 app.command(epilog=serve.EPILOG)(_handled(serve.serve))
+app.command(epilog=checks.EPILOG)(_handled(checks.checks))
 
 
 def main() -> None:

@@ -144,10 +144,11 @@ def _read_bytes(path: Path, expected_md5: str | None) -> bytes:
     return raw
 
 
-def parse_idx(data: bytes, kind: str, source: str = "<bytes>") -> "torch.Tensor":
-    """Parse IDX bytes into a uint8 tensor: images (N, 28, 28) or labels (N,)."""
-    import torch
+def idx_shape(data: bytes, kind: str, source: str = "<bytes>") -> tuple[int, ...]:
+    """The shape IDX bytes hold, images (N, 28, 28) or labels (N,), after checking them; no torch.
 
+    DataError when the header, the image size or the length is not MNIST's.
+    """
     header = IDX_IMAGES_HEADER if kind == "images" else IDX_LABELS_HEADER
     if len(data) < header:
         raise DataError(f"{source} is too short to be an IDX {kind} file.", _REFETCH)
@@ -163,12 +164,33 @@ def parse_idx(data: bytes, kind: str, source: str = "<bytes>") -> "torch.Tensor"
             raise DataError(f"{source} holds {rows}x{cols} images; MNIST images are {IMAGE_SIZE}x{IMAGE_SIZE}.",
                             _REFETCH)
         shape = (count, rows, cols)
-    expected_len = header + int(torch.Size(shape).numel())
+    expected_len = header + count * (IMAGE_SIZE * IMAGE_SIZE if kind == "images" else 1)
     if len(data) != expected_len:
         raise DataError(f"{source} has {len(data)} bytes, expected {expected_len} for shape {shape}: truncated?",
                         _REFETCH)
+    return shape
+
+
+def parse_idx(data: bytes, kind: str, source: str = "<bytes>") -> "torch.Tensor":
+    """Parse IDX bytes into a uint8 tensor: images (N, 28, 28) or labels (N,)."""
+    import torch
+
+    shape = idx_shape(data, kind, source)
+    header = IDX_IMAGES_HEADER if kind == "images" else IDX_LABELS_HEADER
     # bytearray makes the buffer writable, so torch does not warn and the tensor owns its memory.
     return torch.frombuffer(bytearray(data[header:]), dtype=torch.uint8).reshape(shape)
+
+
+def check_file(data_dir: Path, key: str) -> tuple[Path, int]:
+    """One MNIST file found, read, checksummed (gzipped: MD5) and its header checked, without torch.
+
+    Returns (path, number of images or labels); DataError when it is missing or invalid.
+    """
+    path = find_file(Path(data_dir), key)
+    if path is None:
+        raise DataError(f"{MNIST_FILES[key][0]} is not in {data_dir}.")
+    kind = key.split("-")[1]
+    return path, idx_shape(_read_bytes(path, MNIST_FILES[key][1]), kind, str(path))[0]
 
 
 @dataclass(frozen=True)

@@ -147,6 +147,10 @@ def process_group(ctx: DistContext, device: "torch.device") -> Iterator[DistCont
     import torch.distributed as dist
 
     backend = "nccl" if device.type == "cuda" else "gloo"
+    if backend == "nccl" and not dist.is_nccl_available():
+        # Else init_process_group's "no NCCL built in" reads as a peer failure ("could not join the others").
+        raise DeviceError("torchrun on CUDA GPUs needs NCCL, and this PyTorch build has none.",
+                          "Use --device cpu under torchrun (gloo), or install a Linux CUDA build of PyTorch.")
     if device.type == "cuda":
         import torch
 

@@ -38,6 +38,7 @@ from lenet_cli.training.divergence import check_losses, check_states
 from lenet_cli.training.recipe import (
     augment_batch,
     resolve_precision,
+    to_device,
 )
 from lenet_cli.training.resume import check_resumable, restore
 from lenet_cli.training.setup import build_setup
@@ -149,7 +150,7 @@ class _Run:
             if not self.dist.is_main:  # the saved sums are the global ones: counted once, by rank 0
                 sums = [0.0, 0.0, 0.0, sums[3]]
             return r.perm.to(self.device), self.start_step, sums
-        return torch.randperm(self.n, generator=self.gen).to(self.device), 0, [0.0, 0.0, 0.0, 0.0]
+        return to_device(torch.randperm(self.n, generator=self.gen), self.device), 0, [0.0, 0.0, 0.0, 0.0]
 
     def run_epoch(self, epoch: int, events: Events, stop: StopSignal) -> tuple[int | None, list[float]]:
         """Train one epoch. Returns the step it stopped after (None: it ran to its end) and its sums."""

@@ -51,6 +51,19 @@ def keep_freed_memory() -> None:
         pass
 
 
+def to_device(t: "torch.Tensor", device: "torch.device", dtype: "torch.dtype | None" = None) -> "torch.Tensor":
+    """A CPU tensor (random numbers drawn from the CPU generator) on `device`, in `dtype`.
+
+    On CUDA it goes from pinned memory without blocking: `.to()` from ordinary (pageable) memory
+    runs cudaStreamSynchronize, so each of up to three copies per augmented step would wait for all
+    queued GPU work, and the CPU could never launch ahead of the GPU. Pinned memory is safe to copy
+    from asynchronously: torch keeps the block until the copy is done.
+    """
+    if device.type == "cuda":
+        return t.pin_memory().to(device, dtype, non_blocking=True)
+    return t.to(device, dtype)
+
+
 def augment_batch(x: "torch.Tensor", cfg: TrainConfig, gen: "torch.Generator") -> "torch.Tensor":
     """Random rotation, scale and shift of a batch (B, 1, 28, 28) with one affine warp.
 
@@ -69,7 +82,8 @@ def augment_batch(x: "torch.Tensor", cfg: TrainConfig, gen: "torch.Generator") -
     # grid_sample works in normalised coordinates where the image spans [-1, 1], i.e. 14 px per unit.
     shift = u[:, 2:] * (cfg.max_shift / 14.0)
     cos, sin = torch.cos(angle) / scale, torch.sin(angle) / scale
-    m = torch.stack([cos, -sin, shift[:, 0], sin, cos, shift[:, 1]], 1).to(x.device, x.dtype).view(b, 6, 1, 1)
+    m = to_device(torch.stack([cos, -sin, shift[:, 0], sin, cos, shift[:, 1]], 1), x.device, x.dtype)
+    m = m.view(b, 6, 1, 1)
     # The sampling grid of the affine map, written out: F.affine_grid computes the same grid with a
     # batched matmul that makes augmentation 2.8x slower on the CPU, 7% of a whole training step at
     # batch 256 on 2 cores (README, "How fast"; scripts/augment_timing.py measures it).
@@ -78,7 +92,7 @@ def augment_batch(x: "torch.Tensor", cfg: TrainConfig, gen: "torch.Generator") -
     gx = m[:, 0] * xs + m[:, 1] * ys + m[:, 2]
     gy = m[:, 3] * xs + m[:, 4] * ys + m[:, 5]
     if cfg.elastic > 0:
-        dx, dy = elastic_field(b, h, w, cfg.elastic, gen).to(x.device, x.dtype).unbind(1)
+        dx, dy = to_device(elastic_field(b, h, w, cfg.elastic, gen), x.device, x.dtype).unbind(1)
         gx, gy = gx + dx * (2.0 / w), gy + dy * (2.0 / h)  # pixels -> normalised coordinates
     x = F.grid_sample(x, torch.stack([gx, gy], -1), mode="bilinear", padding_mode="zeros", align_corners=False)
     return jitter_stroke(x, cfg.stroke, gen) if cfg.stroke > 0 else x
@@ -93,7 +107,8 @@ def jitter_stroke(x: "torch.Tensor", strength: float, gen: "torch.Generator") ->
     """
     import torch
 
-    t = (torch.rand(x.shape[0], generator=gen) * 2 - 1).mul_(strength).to(x.device, x.dtype).view(-1, 1, 1, 1)
+    t = (torch.rand(x.shape[0], generator=gen) * 2 - 1).mul_(strength)
+    t = to_device(t, x.device, x.dtype).view(-1, 1, 1, 1)
     dilated, eroded = max3x3(x), -max3x3(-x)
     return x + t.clamp(min=0) * (dilated - x) + (-t).clamp(min=0) * (eroded - x)
 

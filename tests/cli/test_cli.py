@@ -31,11 +31,11 @@ def assert_clean_error(result, code: int, text: str) -> None:
 def test_help_lists_commands():
     result = invoke("--help")
     assert result.exit_code == 0, result.output
-    for name in ("train", "eval", "predict", "export", "bench"):
+    for name in ("train", "eval", "predict", "export", "bench", "checks"):
         assert name in result.output
 
 
-@pytest.mark.parametrize("cmd", ["train", "eval", "predict", "export", "bench"])
+@pytest.mark.parametrize("cmd", ["train", "eval", "predict", "export", "bench", "checks"])
 def test_every_command_has_help_with_examples(cmd):
     result = invoke(cmd, "--help")
     assert result.exit_code == 0, result.output
