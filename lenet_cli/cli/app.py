@@ -1,6 +1,6 @@
 """The `lenet` app: its commands, and the one place that turns an exception into a message and an exit code.
 
-Each command module (train, evaluate, predict, export, bench, serve) holds its options, one call
+Each command module (train, evaluate, predict, export, bench, serve, checks) holds its options, one call
 into `lenet_cli.api` and its rendering. Errors are not handled there: `exit_code_for` maps
 every exception to one line on stderr and an exit code (the traceback only with --debug),
 both for errors inside a command and for Typer's own usage errors (see `main`).
