@@ -10,6 +10,7 @@ passes that give Pillow's MinFilter/MaxFilter output exactly. Only numpy and Pil
 from __future__ import annotations
 
 import functools
+import math
 
 import numpy as np
 
@@ -34,6 +35,24 @@ def median(a: np.ndarray) -> float:
         return float(np.partition(flat, k)[k])
     part = np.partition(flat, (k - 1, k))
     return (float(part[k - 1]) + float(part[k])) / 2.0
+
+
+def quantile(a: np.ndarray, q: float) -> float:
+    """np.quantile(a, q) over float64 (linear interpolation), without the float64 copy.
+
+    The same arithmetic as numpy's "linear" method (its virtual index and its two-sided lerp),
+    on the two elements a float32 partition puts in place.
+    """
+    flat = np.ravel(a)
+    n = flat.size
+    virtual = (n - 1) * q  # numpy's "linear"
+    below = min(max(math.floor(virtual), 0), n - 1)
+    above = min(below + 1, n - 1)
+    gamma = virtual - below
+    part = np.partition(flat, sorted({below, above}))
+    lo, hi = float(part[below]), float(part[above])
+    diff = hi - lo
+    return hi - diff * (1.0 - gamma) if gamma >= 0.5 else lo + diff * gamma
 
 
 def border(a: np.ndarray) -> np.ndarray:
@@ -63,30 +82,44 @@ def _axes(h: int, w: int) -> tuple[np.ndarray, np.ndarray]:
 
 
 @functools.lru_cache(maxsize=32)
-def _basis(h: int, w: int) -> np.ndarray:
-    """(h*w, 6) float64: 1, x, y, x^2, xy, y^2 per pixel, row-major; cached, as images share sizes."""
+def _basis(h: int, w: int) -> tuple[np.ndarray, np.ndarray]:
+    """(h*w, 6) float64: 1, x, y, x^2, xy, y^2 per pixel, row-major; and (h*w, 36) their products.
+
+    Cached, as images share sizes. With the products, the normal equations over any subset of
+    pixels are one matrix-vector product (mask @ products) instead of a copy of the subset.
+    """
     x, y = _axes(h, w)
     xs, ys = np.tile(x, h), np.repeat(y, w)
     basis = np.stack([np.ones_like(xs), xs, ys, xs * xs, xs * ys, ys * ys], axis=1)
-    basis.flags.writeable = False
-    return basis
+    products = (basis[:, :, None] * basis[:, None, :]).reshape(-1, 36)
+    basis.flags.writeable = products.flags.writeable = False
+    return basis, products
 
 
 def _surface(coef: np.ndarray, h: int, w: int) -> np.ndarray:
-    """The fitted surface at (h, w), evaluated separably (no (h*w, 6) basis at that size)."""
+    """The fitted surface at (h, w) as float32, evaluated separably (no (h*w, 6) basis at that size).
+
+    Per row it is a + b*x + c*x^2 with a, b from y: one product and two sums per pixel.
+    """
     x, y = _axes(h, w)
     c0, c1, c2, c3, c4, c5 = (float(c) for c in coef)
-    return (c0 + c2 * y + c5 * y * y)[:, None] + (c1 + c4 * y)[:, None] * x[None, :] + (c3 * x * x)[None, :]
+    rows = (c0 + c2 * y + c5 * y * y).astype(np.float32)[:, None]  # (h, 1)
+    slope = (c1 + c4 * y).astype(np.float32)[:, None]  # (h, 1)
+    fit = slope * x.astype(np.float32)[None, :]  # (h, w)
+    fit += rows
+    fit += (c3 * x * x).astype(np.float32)[None, :]
+    return fit
 
 
-def _least_squares(basis: np.ndarray, values: np.ndarray, keep: np.ndarray) -> np.ndarray:
+def _least_squares(basis: np.ndarray, products: np.ndarray, values: np.ndarray, keep: np.ndarray) -> np.ndarray:
     """The least-squares coefficients over the kept pixels, from the 6x6 normal equations.
 
     lstsq on the small system gives the same minimum-norm answer as on the tall one
     (pinv(B'B) B' = pinv(B)), including for a one-row image whose y and y^2 are constant.
     """
-    b = basis[keep]
-    return np.linalg.lstsq(b.T @ b, b.T @ values[keep], rcond=None)[0]
+    mask = keep.astype(np.float64)
+    normal = (mask @ products).reshape(6, 6)
+    return np.linalg.lstsq(normal, (mask * values) @ basis, rcond=None)[0]
 
 
 def residual_from_lighting(gray: np.ndarray) -> tuple[np.ndarray, float]:
@@ -105,7 +138,7 @@ def residual_from_lighting(gray: np.ndarray) -> tuple[np.ndarray, float]:
     hollow, a thick 1 read as a 0.
     """
     tiny = small_copy(gray, FIT_SIDE)
-    basis = _basis(*tiny.shape)
+    basis, products = _basis(*tiny.shape)
     values = tiny.ravel().astype(np.float64)
     edge = border(tiny)  # (2h + 2w,) grey levels: mostly paper, even when the ink touches the edge
     coef = np.zeros(basis.shape[1])
@@ -115,14 +148,16 @@ def residual_from_lighting(gray: np.ndarray) -> tuple[np.ndarray, float]:
     for _ in range(ROBUST_ROUNDS):
         if keep.sum() < basis.shape[1] * 4:
             break
-        coef = _least_squares(basis, values, keep)
+        coef = _least_squares(basis, products, values, keep)
         res = values - basis @ coef
         kept = res[keep]
         sigma = 1.4826 * median(np.abs(kept - median(kept))) + 1e-3
         keep = np.abs(res) < max(3 * sigma, 0.02)
     small = small_copy(gray, RESIDUAL_SIDE)
     fit = _surface(coef, *small.shape)
-    return (small - fit).astype(np.float32), float(fit.max() - fit.min())
+    range_ = float(fit.max() - fit.min())
+    np.subtract(small, fit, out=fit)
+    return fit, range_
 
 
 def dark_ink(residual: np.ndarray, gray: np.ndarray) -> bool:
@@ -148,12 +183,16 @@ def rank_filter(a: np.ndarray, size: int, biggest: bool) -> np.ndarray:
     A min or max over a square is one over rows then columns; Pillow pads by repeating the
     edge pixels, which is separable too.
     """
-    from numpy.lib.stride_tricks import sliding_window_view
-
-    reduce = np.maximum.reduce if biggest else np.minimum.reduce
+    op = np.maximum if biggest else np.minimum
+    h, w = a.shape
     padded = np.pad(a, size // 2, mode="edge")
-    rows = reduce(sliding_window_view(padded, size, axis=1), axis=-1)
-    return np.ascontiguousarray(reduce(sliding_window_view(rows, size, axis=0), axis=-1))
+    rows = padded[:, :w].copy()  # (h + size - 1, w): across each row's window
+    for i in range(1, size):
+        op(rows, padded[:, i : i + w], out=rows)
+    out = rows[:h].copy()  # (h, w): then down each column's
+    for i in range(1, size):
+        op(out, rows[i : i + h], out=out)
+    return out
 
 
 def background_map(ink: np.ndarray) -> np.ndarray:

@@ -36,6 +36,7 @@ from lenet_cli.data.lighting import (
     border,
     dark_ink,
     median,
+    quantile,
     rank_filter,
     residual_from_lighting,
 )
@@ -91,12 +92,15 @@ def ink_map(gray: np.ndarray, alpha: np.ndarray | None, invert: bool | None) -> 
     # The ink's own brightness, measured only where there is clear contrast: a thin stroke may
     # cover under 1% of a large canvas, so a percentile over all pixels would measure the paper.
     strong = ink[ink > MIN_CONTRAST]
-    top = float(np.quantile(strong.astype(np.float64), 0.95)) if strong.size else 0.0
+    top = quantile(strong, 0.95) if strong.size else 0.0
     if top <= MIN_CONTRAST:
         return np.zeros_like(ink), inverted
-    ink = np.clip(ink / top, 0.0, 1.0)
+    # In place, on the array the subtraction above made: as np.clip(ink / top, 0, 1), at a third of its cost.
+    np.divide(ink, top, out=ink)
+    np.minimum(ink, 1.0, out=ink)
+    np.maximum(ink, 0.0, out=ink)
     ink[ink < INK_FLOOR] = 0.0
-    return ink.astype(np.float32), inverted
+    return ink.astype(np.float32, copy=False), inverted
 
 
 def _stroke_width(mask: np.ndarray) -> float:
