@@ -115,3 +115,18 @@ def font_digits(n: int, seed: int = 0) -> list[np.ndarray]:
         ImageDraw.Draw(img).text((7, 1), str(int(label)), fill=255, font=font, stroke_width=1, stroke_fill=255)
         digits.append(np.asarray(img, np.float32) / 255.0)
     return digits
+
+
+def write_predict_mix(folder, digits: list[np.ndarray], n_mnist: int = 2000, n_photos: int = 500) -> list:
+    """The folder-predict mix: `n_mnist` MNIST-style PNGs in folder/mnist, `n_photos` 200x200 JPEG
+    photos of dark ink on light paper in folder/photos, cycling through `digits`. The two folders."""
+    from pathlib import Path
+
+    folders = [Path(folder) / "mnist", Path(folder) / "photos"]
+    for f in folders:
+        f.mkdir(parents=True, exist_ok=True)
+    for i in range(n_mnist):
+        (folders[0] / f"{i:05d}.png").write_bytes(mnist_png(digits[i % len(digits)]))
+    for i in range(n_photos):
+        (folders[1] / f"{i:05d}.jpg").write_bytes(paper_photo_jpeg(digits[i % len(digits)], seed=i))
+    return folders

@@ -29,11 +29,30 @@ def _tilted_line(ink: np.ndarray) -> bool:
     ys, xs = np.nonzero(ink)
     if xs.size < 3:
         return False
-    (across, along), axes = np.linalg.eigh(np.cov(np.stack([xs, ys]).astype(np.float64)))  # ascending
+    centred = np.stack([xs, ys]).astype(np.float64)  # (2, n): as np.cov computes it, without its checks
+    centred -= centred.mean(axis=1, keepdims=True)
+    cov = centred @ centred.T
+    cov *= 1.0 / (xs.size - 1)
+    (across, along), axes = np.linalg.eigh(cov)  # ascending
     if along <= 0 or across * LINE_ELONGATION**2 > along:  # variances: the ratio of spreads, squared
         return False
     vx, vy = axes[:, 1]  # the principal axis
     return bool(np.degrees(np.arctan2(abs(vy), abs(vx))) < LINE_TILT)
+
+
+def _eroded(ink: np.ndarray, depth: int) -> np.ndarray:
+    """`depth` 3x3 erosions (outside the image counts as no ink) at once: one by a (2 depth + 1) square,
+    done as a run along the rows, then along the columns."""
+    size = 2 * depth + 1
+    h, w = ink.shape
+    padded = np.pad(ink, depth)  # (h + 2 depth, w + 2 depth), False around
+    rows = padded[:, :w].copy()
+    for i in range(1, size):
+        rows &= padded[:, i : i + w]
+    out = rows[:h].copy()
+    for i in range(1, size):
+        out &= rows[i : i + h]
+    return out
 
 
 def shape_notes(pixels: np.ndarray) -> list[str]:
@@ -51,11 +70,6 @@ def shape_notes(pixels: np.ndarray) -> list[str]:
     height, width = rows[-1] - rows[0] + 1, cols[-1] - cols[0] + 1
     if height < LINE_ASPECT * width or _tilted_line(ink):
         notes.append(f"{NOT_A_DIGIT}: a flat line")
-    solid = ink
-    for _ in range(BLOB_DEPTH):
-        padded = np.pad(solid, 1)
-        solid = np.logical_and.reduce([padded[1 + dy : 29 + dy, 1 + dx : 29 + dx]
-                                       for dy in (-1, 0, 1) for dx in (-1, 0, 1)])
-    if solid.any():
+    if _eroded(ink, BLOB_DEPTH).any():
         notes.append(f"{NOT_A_DIGIT}: a solid blob")
     return notes
