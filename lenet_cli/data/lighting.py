@@ -33,8 +33,8 @@ def median(a: np.ndarray) -> float:
     k = n // 2
     if n % 2:
         return float(np.partition(flat, k)[k])
-    part = np.partition(flat, (k - 1, k))
-    return (float(part[k - 1]) + float(part[k])) / 2.0
+    part = np.partition(flat, k)  # one selection: the element below the middle is the largest left of it
+    return (float(part[:k].max()) + float(part[k])) / 2.0
 
 
 def quantile(a: np.ndarray, q: float) -> float:
