@@ -14,16 +14,12 @@ from __future__ import annotations
 
 import argparse
 import gzip
-import json
 import os
 import sys
 import time
 from pathlib import Path
 
 import numpy as np
-
-BATCH = 256
-
 
 def make(folder: Path) -> None:
     """Write the folder-predict mix (bench/images.py's write_predict_mix)."""
@@ -41,22 +37,13 @@ def make(folder: Path) -> None:
 
 
 def run(folders: list[Path], out) -> int:
-    """Classify every image of `folders`, a JSON line each; the number of files."""
-    import onnxruntime as ort
-    from PIL import Image
-
+    """Classify every image of `folders`, a JSON line each (lenet_cli/bench/predict_path.py's plain_loop,
+    which `lenet bench` times too); the number of files."""
+    from lenet_cli.bench.predict_path import plain_loop
     from lenet_cli.model.weights import bundled_onnx_path
 
-    session = ort.InferenceSession(str(bundled_onnx_path()), providers=["CPUExecutionProvider"])
-    name = session.get_inputs()[0].name
     files = sorted(p for f in folders for p in f.iterdir() if p.suffix.lower() in (".png", ".jpg", ".jpeg"))
-    for start in range(0, len(files), BATCH):
-        batch = files[start : start + BATCH]
-        px = np.stack([255 - np.asarray(Image.open(p).convert("L").resize((28, 28))) for p in batch])
-        logits = session.run(None, {name: px.astype(np.float32)[:, None]})[0]  # raw 0-255 pixels, as exported
-        for p, row in zip(batch, logits):
-            out.write(json.dumps({"file": str(p), "prediction": int(row.argmax())}) + "\n")
-    return len(files)
+    return plain_loop(files, bundled_onnx_path(), out)
 
 
 def main() -> None:

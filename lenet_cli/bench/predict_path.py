@@ -109,7 +109,11 @@ def measure_folder(job: dict[str, Any]) -> dict[str, Any]:
             n = plain_loop(files, Path(job["onnx"]), out)
     else:
         from lenet_cli.inference.backends import OnnxBackend
-        from lenet_cli.inference.pipeline import PredictConfig, RowWriter, iter_predictions
+        from lenet_cli.inference.pipeline import (
+            PredictConfig,
+            RowWriter,
+            iter_predictions,
+        )
 
         backend = OnnxBackend(Path(job["onnx"]), "cpu")
         writer = RowWriter(rows_path)
