@@ -3,6 +3,7 @@
     python scripts/predict_validation.py                  # drawn digits, not-digits, usps-train
     LENET_TEST_MNIST_DIR=path/to/mnist python scripts/predict_validation.py   # + MNIST sets
     python scripts/predict_validation.py --usps DIR       # usps-train elsewhere (or $LENET_USPS_DIR)
+    python scripts/predict_validation.py --drawn-dev DIR  # drawn-dev elsewhere (or $LENET_DRAWN_DEV_DIR)
 
 For each set it prints the bundled model's top-1 accuracy with three preprocessings, per
 style: lenet's; a simple MNIST-style baseline (invert to bright-on-dark, crop to the ink,
@@ -13,7 +14,8 @@ that is not a digit almost always. It checks that MNIST-form images pass through
 unchanged, and writes docs/img/preprocessing.png: what the model sees from each kind of image.
 Uses the bundled ONNX model through onnxruntime, like `lenet predict`.
 
-Every set here is a development set: usps-train (real scans, never trained on), the
+Every set here is a development set: usps-train (real scans, never trained on), drawn-dev
+(300 real mouse and canvas drawings, phone photos and scans from 30 public repositories), the
 drawn and re-drawn sets of tests/handwriting.py, and MNIST's validation split (the 5,000
 training images `lenet train` holds out). The MNIST test set is only used, re-drawn, for the accuracy table,
 never to choose a threshold.
@@ -43,6 +45,7 @@ from lenet_cli.inference.pipeline import LOW_CONFIDENCE  # noqa: E402
 from lenet_cli.model.weights import bundled_onnx_path  # noqa: E402
 
 DEFAULT_USPS = ROOT.parent / "shared" / "realworld" / "usps-train"
+DEFAULT_DRAWN_DEV = ROOT.parent / "shared" / "realworld" / "drawn-dev"
 
 
 def tutorial(gray: np.ndarray, alpha: np.ndarray | None) -> np.ndarray:
@@ -145,6 +148,14 @@ def usps_items(folder: Path) -> list[tuple[np.ndarray, np.ndarray | None, int, s
     return [(*load_gray(f), int(f.parent.name), "usps") for f in files]
 
 
+def drawn_dev_items(folder: Path) -> list[tuple[np.ndarray, np.ndarray | None, int, str]]:
+    """drawn-dev's images (<label>/<owner>_<repository>_<name>), decoded as `lenet predict` decodes them."""
+    from lenet_cli.data.sources import SUPPORTED
+
+    files = sorted(f for f in folder.glob("[0-9]/*") if f.suffix.lower() in SUPPORTED)
+    return [(*load_gray(f), int(f.parent.name), "dev") for f in files]
+
+
 def drawn_items(samples) -> list[tuple[np.ndarray, np.ndarray | None, int, str]]:
     return [(*_to_gray(s.image), s.label, s.style) for s in samples]
 
@@ -204,6 +215,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--usps", type=Path, default=Path(os.environ.get("LENET_USPS_DIR", DEFAULT_USPS)),
                         help="the usps-train folder (<label>/*.png); default $LENET_USPS_DIR or %(default)s")
+    parser.add_argument("--drawn-dev", type=Path,
+                        default=Path(os.environ.get("LENET_DRAWN_DEV_DIR", DEFAULT_DRAWN_DEV)),
+                        help="the drawn-dev folder (<label>/*); default $LENET_DRAWN_DEV_DIR or %(default)s")
     parser.add_argument("--no-figure", action="store_true", help="do not write docs/img/preprocessing.png")
     parser.add_argument("--figure-only", action="store_true", help="only write docs/img/preprocessing.png")
     args = parser.parse_args()
@@ -230,6 +244,11 @@ def tables(args, model) -> None:
         evaluate(f"usps-train ({args.usps})", usps, model)
     else:
         print(f"\nusps-train: {args.usps} not found; skipped (pass --usps DIR)")
+    dev = drawn_dev_items(args.drawn_dev) if args.drawn_dev.is_dir() else []
+    if dev:
+        evaluate(f"drawn-dev ({args.drawn_dev})", dev, model)
+    else:
+        print(f"\ndrawn-dev: {args.drawn_dev} not found; skipped (pass --drawn-dev DIR)")
     not_digit_report(model)
     if mnist_dir:
         mnist_checks(Path(mnist_dir), model)

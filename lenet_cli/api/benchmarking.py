@@ -19,8 +19,27 @@ from lenet_cli.utils.fileio import atomic_write_text, ensure_dir, refuse_existin
 from lenet_cli.utils.serialization import json_safe
 
 BENCH_BACKENDS = ("torch", "torch-compile", "onnxruntime")
-REPEATS, QUICK_REPEATS = 3, 1
-QUICK_EPOCH_FRACTION = 0.05  # --quick times 5% of an epoch (2,750 images) and scales it
+FAST_BACKENDS = ("torch", "onnxruntime")  # torch.compile alone takes a minute to compile: --full only
+
+
+@dataclass(frozen=True)
+class BenchMode:
+    """The defaults of one kind of run: `lenet bench --quick`, `lenet bench`, `lenet bench --full`."""
+
+    backends: tuple[str, ...]
+    seconds: float  # timing budget per backend, batch size and repeat
+    repeats: int
+    epoch_fraction: float  # of a training epoch, timed and scaled
+    warmup: int
+    accuracy: bool  # the 1-epoch time-to-accuracy run
+
+
+# The default fits in about 90 s on a 2-core machine (docs/performance.md); --full is the run it replaced.
+MODES = {"quick": BenchMode(FAST_BACKENDS, 0.2, 1, 0.05, 3, False),
+         "default": BenchMode(FAST_BACKENDS, 0.3, 1, 0.1, 5, False),
+         "full": BenchMode(BENCH_BACKENDS, 1.0, 3, 1.0, 10, True)}
+REPEATS, QUICK_REPEATS = MODES["full"].repeats, MODES["quick"].repeats
+QUICK_EPOCH_FRACTION = MODES["quick"].epoch_fraction
 
 
 @dataclass(frozen=True)
@@ -30,15 +49,17 @@ class BenchRequest:
     weights: Path | None = None
     device: DeviceSpec = AUTO
     batch_sizes: tuple[int, ...] = (1, 64, 1024)
-    backends: tuple[str, ...] = BENCH_BACKENDS
-    seconds: float = 1.0
+    backends: tuple[str, ...] | None = None  # None: the mode's
+    seconds: float | None = None  # None: the mode's
     quick: bool = False  # a fast look: small budget, no torch.compile, a fraction of an epoch, no 1-epoch run
+    full: bool = False  # every backend, whole epochs, 3 repeats, the 1-epoch run: minutes
+    predict_path: bool = True  # preprocessing per image kind and a folder predict against a plain loop
     output: Path | None = None
     train_batch_size: int | None = None  # None: lenet train's
     tutorial: bool = True
     repeats: int | None = None  # None: REPEATS (QUICK_REPEATS with quick)
     data_dir: Path | None = None  # None: the default MNIST folder, where it holds MNIST
-    accuracy: bool = True  # the 1-epoch time-to-accuracy run (never with quick)
+    accuracy: bool | None = None  # the 1-epoch time-to-accuracy run; None: with --full only (never with quick)
     exist_ok: bool = False  # may replace an existing output file
     worker_timeout: float = 600.0
 
@@ -66,9 +87,18 @@ def _mnist_dir(request: BenchRequest) -> Path | None:
     return default if default.is_dir() and not missing_files(default) else None
 
 
+def bench_mode(request: BenchRequest) -> BenchMode:
+    """The request's mode; a UsageError for --quick with --full."""
+    if request.quick and request.full:
+        raise UsageError("--quick and --full ask for opposite runs; choose one.")
+    return MODES["quick" if request.quick else "full" if request.full else "default"]
+
+
 def bench_config(request: BenchRequest, data_dir: Path | None = None) -> BenchConfig:
     """The measurement plan for a request; UsageError for settings that cannot work."""
-    backends, seconds = request.backends, request.seconds
+    mode = bench_mode(request)
+    backends = mode.backends if request.backends is None else request.backends
+    seconds = mode.seconds if request.seconds is None else request.seconds
     if not backends:
         raise UsageError("--backends is empty.", f"Choose from: {', '.join(sorted(BENCH_BACKENDS))}.")
     if not (math.isfinite(seconds) and 0 <= seconds <= 600):
@@ -83,15 +113,17 @@ def bench_config(request: BenchRequest, data_dir: Path | None = None) -> BenchCo
         raise UsageError(f"--worker-timeout must be a positive number of seconds, got {request.worker_timeout}.")
     if request.quick:
         backends = tuple(b for b in backends if b != "torch-compile")
-        seconds = min(seconds, 0.2)
-    repeats = request.repeats or (QUICK_REPEATS if request.quick else REPEATS)
+        seconds = min(seconds, mode.seconds)
     return BenchConfig(batch_sizes=request.batch_sizes, backends=backends, min_seconds=seconds,
-                       warmup=3 if request.quick else 10, repeats=repeats,
-                       train_batch_size=request.train_batch_size,
-                       epoch_fraction=QUICK_EPOCH_FRACTION if request.quick else 1.0,
-                       tutorial=request.tutorial, accuracy=request.accuracy,
+                       warmup=mode.warmup, repeats=request.repeats or mode.repeats,
+                       train_batch_size=request.train_batch_size, epoch_fraction=mode.epoch_fraction,
+                       tutorial=request.tutorial, accuracy=_wants_accuracy(request, mode),
                        data_dir=str(data_dir) if data_dir is not None else None,
-                       worker_timeout=request.worker_timeout)
+                       worker_timeout=request.worker_timeout, predict_path=request.predict_path)
+
+
+def _wants_accuracy(request: BenchRequest, mode: BenchMode) -> bool:
+    return mode.accuracy if request.accuracy is None else request.accuracy and not request.quick
 
 
 def _accuracy_skip(request: BenchRequest, data_dir: Path | None) -> str | None:
@@ -119,7 +151,7 @@ def bench(request: BenchRequest, events: Events | None = None) -> BenchReport:
                      progress=lambda label, done, total: events.progress(f"Benchmarking {label}", done, total))
     config = data["config"]  # in the order the report has always had
     data["config"] = ({"batch_sizes": config.pop("batch_sizes"), "device": str(request.device)} | config
-                      | {"quick": request.quick})
+                      | {"quick": request.quick, "full": request.full})
     if request.output is not None:
         atomic_write_text(request.output, json.dumps(json_safe(data), indent=2))
     return BenchReport(data, request.output)

@@ -7,6 +7,7 @@ Measures on the machine it runs on, side by side:
 * one whole training epoch of lenet (its real `recipe.train_step`, default TrainConfig) and of
   the pipeline LeNet tutorials use (tutorial.py), and the ratio between them;
 * the time `lenet train --epochs 1` takes to train, and whether its test accuracy reaches 99.0%;
+* the predict path: preprocessing ms per image kind, and a folder's files/s against a plain loop;
 * the machine's float32 matrix-multiply rate, so every figure can be read as a fraction
   of what the hardware does on its best-suited work.
 
@@ -51,7 +52,7 @@ def run_bench(weights: Path, cfg: BenchConfig, device: "torch.device",
     run_accuracy = cfg.accuracy and accuracy_skip is None and cfg.data_dir is not None
     with tempfile.TemporaryDirectory(prefix="lenet-bench-") as folder:
         onnx = None
-        if any(b.startswith("onnxruntime") for b in cfg.backends):
+        if cfg.predict_path or any(b.startswith("onnxruntime") for b in cfg.backends):
             # Exported once here, so that onnxruntime's processes import onnxruntime alone (not torch).
             onnx = Path(folder) / "model.onnx"
             images = np.random.default_rng(0).integers(0, 256, (256, 28, 28)).astype(np.uint8)
@@ -60,7 +61,13 @@ def run_bench(weights: Path, cfg: BenchConfig, device: "torch.device",
             except Exception as exc:  # the torch rows still stand
                 skipped["onnxruntime"] = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
                 cfg = _without_onnxruntime(cfg)
-        tasks = plan(cfg, dev, weights, onnx)
+        mix = None
+        if cfg.predict_path and onnx is not None:
+            from lenet_cli.bench.predict_path import write_mix
+
+            mix = Path(folder) / "mix"
+            write_mix(mix, {"data_dir": cfg.data_dir, "mnist_files": cfg.mix_files[0], "photo_files": cfg.mix_files[1]})
+        tasks = plan(cfg, dev, weights, onnx, mix)
         total = len(tasks) + (1 if run_accuracy else 0)
         for done, task in enumerate(tasks):
             progress(task.label, done, total)
@@ -90,4 +97,4 @@ def run_bench(weights: Path, cfg: BenchConfig, device: "torch.device",
 def _without_onnxruntime(cfg: BenchConfig) -> BenchConfig:
     from dataclasses import replace
 
-    return replace(cfg, backends=tuple(b for b in cfg.backends if not b.startswith("onnxruntime")))
+    return replace(cfg, backends=tuple(b for b in cfg.backends if not b.startswith("onnxruntime")), predict_path=False)

@@ -45,6 +45,8 @@ class BenchConfig:
     accuracy: bool = True  # also run `lenet train --epochs 1` and check it reaches ACCURACY_TARGET
     data_dir: str | None = None  # MNIST, for the training rows and the 1-epoch run; None: random images, no run
     worker_timeout: float = 600.0  # seconds per process
+    predict_path: bool = True  # also time preprocessing per image kind and a folder predict against a plain loop
+    mix_files: tuple[int, int] = (400, 100)  # the folder predict's MNIST-style PNGs and 200x200 photos
 
 
 @dataclass(frozen=True)
@@ -72,7 +74,19 @@ def epoch_images(cfg: BenchConfig) -> int:
     return max(1, round(TRAIN_EPOCH_IMAGES * cfg.epoch_fraction))
 
 
-def plan(cfg: BenchConfig, device: str, weights: Path, onnx: Path | None) -> list[Task]:
+def predict_tasks(cfg: BenchConfig, onnx: Path, folder: Path, repeat: int, round_: str) -> list[Task]:
+    """The predict path's processes for one repeat: preprocessing per kind, then the folder, lenet's and plain."""
+    mix = {"folders": [str(folder / "mnist"), str(folder / "photos")], "onnx": str(onnx), "data_dir": cfg.data_dir}
+    return [Task(f"preprocessing per image kind{round_}", "predict:preprocess",
+                 {"kind": "preprocess", "data_dir": cfg.data_dir, "min_seconds": cfg.min_seconds, "seed": repeat}),
+            *(Task(f"folder predict, {name}{round_}", f"predict:folder-{pipeline}",
+                   {"kind": "folder-predict", "pipeline": pipeline, "rows": str(folder / f"rows-{pipeline}.jsonl")}
+                   | mix)
+              for pipeline, name in (("lenet", "lenet predict"), ("plain", "plain loop")))]
+
+
+def plan(cfg: BenchConfig, device: str, weights: Path, onnx: Path | None,
+         folder: Path | None = None) -> list[Task]:
     """Every process `run_bench` starts, in order: the matmul rate, then `repeats` rounds of every measurement."""
     cuda = device.startswith("cuda")
     tasks = [Task("matmul peak", "matmul", {"kind": "matmul", "devices": ["cpu"] + ([device] if cuda else [])},
@@ -91,4 +105,6 @@ def plan(cfg: BenchConfig, device: str, weights: Path, onnx: Path | None) -> lis
                     "kind": "inference", "variant": variant, "device": device, "weights": str(weights),
                     "onnx": str(onnx) if onnx else None, "batch_sizes": list(cfg.batch_sizes),
                     "warmup": cfg.warmup, "min_seconds": cfg.min_seconds, "seed": r}))
+        if cfg.predict_path and onnx is not None and folder is not None:
+            tasks += predict_tasks(cfg, onnx, folder, r, round_)
     return tasks

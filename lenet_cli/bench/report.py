@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import os
 import platform
+import statistics
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -159,6 +160,31 @@ def summarize_training(pipeline: str, answers: list[dict[str, Any]], peak: float
         tuple(a["pid"] for a in answers), first.get("precision", "float32"))
 
 
+def summarize_predict(answers: dict[str, list[dict[str, Any]]]) -> dict[str, Any]:
+    """The predict path's rows: median (min, max) over repeats of each kind's ms, and files/s per pipeline."""
+    out: dict[str, Any] = {}
+    found = answers.get("predict:preprocess", [])
+    if found:
+        kinds = [r["kind"] for r in found[0]["preprocess"]]
+        out["preprocess"] = [{"kind": k, **{f"{field}{suffix}": agg([a["preprocess"][i][field] for a in found])
+                                            for field in ("preprocess_ms", "with_decode_ms")
+                                            for suffix, agg in (("", statistics.median), ("_min", min),
+                                                                ("_max", max))}}
+                             for i, k in enumerate(kinds)]
+    folder = {}
+    for pipeline in ("lenet", "plain"):
+        runs = answers.get(f"predict:folder-{pipeline}", [])
+        if runs:
+            rates = [r["files_per_s"] for r in runs]
+            folder[pipeline] = {"files": runs[0]["files"], "files_per_s": statistics.median(rates),
+                                "files_per_s_min": min(rates), "files_per_s_max": max(rates)}
+    if folder:
+        out["folder_predict"] = folder
+        if len(folder) == 2:
+            out["folder_predict_vs_plain"] = folder["lenet"]["files_per_s"] / folder["plain"]["files_per_s"]
+    return out
+
+
 def build_report(weights: Path, cfg: BenchConfig, device: "Any", answers: dict[str, list[dict[str, Any]]],
             skipped: dict[str, str], accuracy: dict[str, Any] | None) -> dict[str, Any]:
     peaks: dict[str, float] = answers["matmul"][0]["peak_gflops"]
@@ -189,5 +215,6 @@ def build_report(weights: Path, cfg: BenchConfig, device: "Any", answers: dict[s
         "training_speedup_vs_tutorial_min": lo,
         "training_speedup_vs_tutorial_max": hi,
         "time_to_accuracy": accuracy,
+        **summarize_predict(answers),
         "skipped": skipped,
     }

@@ -12,7 +12,8 @@ Jobs (the "kind" field):
 * "matmul": the float32 matrix-multiply rate of each device in "devices";
 * "inference": per-call times of one backend ("variant") at each of "batch_sizes";
 * "train-epoch": one whole training epoch of "pipeline" "lenet" (lenet's `recipe.train_step`
-  with the default TrainConfig) or "tutorial" (tutorial.py), over "images" images.
+  with the default TrainConfig) or "tutorial" (tutorial.py), over "images" images;
+* "preprocess", "folder-predict": the predict path (predict_path.py).
 
 Every answer carries "pid", so the report shows which process measured what. A failure is
 answered as {"error": "one line"} with exit status 1; the parent turns it into one message.
@@ -201,6 +202,10 @@ def run_job(job: dict[str, Any]) -> dict[str, Any]:
         if job.get("pipeline") not in pipelines:
             raise ValueError(f"unknown training pipeline {job.get('pipeline')!r}")
         return pipelines[job["pipeline"]](job)
+    if kind in ("preprocess", "folder-predict"):  # the predict path: numpy, Pillow, onnxruntime, never torch
+        from lenet_cli.bench import predict_path
+
+        return (predict_path.measure_preprocess if kind == "preprocess" else predict_path.measure_folder)(job)
     raise ValueError(f"unknown bench job {kind!r}")
 
 

@@ -27,10 +27,10 @@ from lenet_cli.cli.options import (
 from lenet_cli.errors import UsageError
 
 EPILOG = examples(
-    "lenet bench --quick",
-    "lenet bench --data-dir ~/mnist  # also times lenet train --epochs 1 to 99.0%",
-    "lenet bench --batch-sizes 1,64,1024 --device cuda --output bench.json",
-    "lenet bench --backends onnxruntime --repeats 5 --json",
+    "lenet bench  # about 90 s on 2 cores",
+    "lenet bench --quick --no-predict-path",
+    "lenet bench --full --data-dir ~/mnist  # minutes: also lenet train --epochs 1",
+    "lenet bench --backends onnxruntime --repeats 3 --json > bench.json",
 )
 PIPELINE_LABELS = {"lenet": "lenet train", "tutorial": "tutorial DataLoader"}
 
@@ -50,18 +50,26 @@ def bench(
     weights: WeightsOpt = None,
     device: DeviceOpt = "auto",
     batch_sizes: Annotated[str, typer.Option(help="Comma-separated inference batch sizes.")] = "1,64,1024",
-    backends: Annotated[str, typer.Option(help="Comma-separated: torch, torch-compile, onnxruntime.")] = (
-        "torch,torch-compile,onnxruntime"),
-    seconds: Annotated[float, typer.Option(help="Timing budget per backend, batch size and repeat.", min=0.0)] = 1.0,
+    backends: Annotated[Optional[str], typer.Option(
+        help="Comma-separated: torch, torch-compile, onnxruntime.",
+        show_default="torch,onnxruntime")] = None,
+    seconds: Annotated[Optional[float], typer.Option(
+        help="Timing budget per backend, batch size and repeat.", min=0.0,
+        show_default="0.3")] = None,
     repeats: Annotated[Optional[int], typer.Option(
-        # The defaults are api.benchmarking's REPEATS and QUICK_REPEATS (not imported: `lenet --help` stays light).
-        help="Fresh processes per measurement; tables show min / median / max (default 3; 1 with --quick).",
+        # The defaults are api.benchmarking's MODES (not imported: `lenet --help` stays light).
+        help="Fresh processes per measurement; tables show min / median / max (default 1; 3 with --full).",
         min=1, show_default=False)] = None,
-    quick: Annotated[bool, typer.Option("--quick", help="A fast look: small budget, no torch.compile, 5% of an "
-                                        "epoch (scaled), no 1-epoch training run.")] = False,
+    quick: Annotated[bool, typer.Option("--quick", help="A fast look: smaller budget, 5% of an epoch.")] = False,
+    full: Annotated[bool, typer.Option("--full", help="Every backend (torch.compile too), whole epochs, 3 repeats "
+                                       "and, with MNIST, the 1-epoch training run: minutes.")] = False,
+    predict_path: Annotated[bool, typer.Option(
+        "--predict-path/--no-predict-path",
+        help="Also time preprocessing per image kind and a folder predict against a plain loop.")] = True,
     data_dir: DataDirOpt = None,
-    accuracy: Annotated[bool, typer.Option("--accuracy/--no-accuracy", help="Also time `lenet train --epochs 1` "
-                                           "on MNIST and check it reaches 99.0% test accuracy.")] = True,
+    accuracy: Annotated[Optional[bool], typer.Option(
+        "--accuracy/--no-accuracy", help="Also time `lenet train --epochs 1` on MNIST and check it reaches "
+        "99.0% test accuracy.", show_default="with --full")] = None,
     output: Annotated[Optional[Path], typer.Option("--output", help="Also write the JSON report to this file.")] = None,
     train_batch_size: Annotated[Optional[int], typer.Option(
         help="Batch size of the timed lenet epoch.", min=1, show_default="lenet train's")] = None,
@@ -72,17 +80,16 @@ def bench(
     exist_ok: ExistOkOpt = False,
     json_out: JsonOpt = False,
 ) -> None:
-    """Measure inference latency and throughput per backend, and training speed, on this machine.
+    """Measure inference, training and the predict path on this machine.
 
-    Every measurement runs in a fresh process (no backend's threads or compiled code
-    affect another), after a warm-up, --repeats times: p50/p90/p99 latency per batch,
-    images/s, GFLOP/s and the fraction of the machine's measured float32 matmul rate;
-    a whole training epoch of lenet and of the tutorial pipeline; with MNIST at hand,
-    the time `lenet train --epochs 1` takes and the test accuracy it reaches.
+    Every measurement runs in a fresh process, after a warm-up, --repeats times: latency per batch (p50/p90/p99), images/s and the fraction of the measured float32 matmul rate per backend; a training epoch of lenet and of a tutorial pipeline (a fraction of one, scaled, unless --full); the preprocessing ms per image kind; the files/s of a folder predict beside a plain loop.
+
+    The default run takes about 90 s on 2 cores; --full is the longer run with torch.compile, whole epochs and the time `lenet train --epochs 1` takes to 99.0%.
     """
     request = api.BenchRequest(
         weights=weights, device=device_spec(device), batch_sizes=parse_int_list(batch_sizes, "--batch-sizes"),
-        backends=tuple(b.strip() for b in backends.split(",") if b.strip()), seconds=seconds, quick=quick,
+        backends=None if backends is None else tuple(b.strip() for b in backends.split(",") if b.strip()),
+        seconds=seconds, quick=quick, full=full, predict_path=predict_path,
         output=output, train_batch_size=train_batch_size, tutorial=tutorial, repeats=repeats, data_dir=data_dir,
         accuracy=accuracy, worker_timeout=worker_timeout, exist_ok=exist_ok)
     run_and_show(api.bench, request, render, json_out)
@@ -144,7 +151,28 @@ def render(report: api.BenchReport) -> None:
                   f"{tta['test_accuracy']:.2%} test accuracy after "
                   f"{tta['train_seconds']:.1f} s of training ({tta['wall_seconds']:.1f} s wall, its own process): "
                   f"{verdict} {tta['target']:.1%}.")
+    render_predict_path(data)
     for k, v in data.get("skipped", {}).items():
         warn(f"skipped {k.replace('_', ' ')}: {v}")
     if report.output is not None:
         out.print(f"Report written to {report.output}")
+
+
+def render_predict_path(data: dict[str, Any]) -> None:
+    """The preprocessing table and the folder predict's files/s beside the plain loop's."""
+    if data.get("preprocess"):
+        table = columns_table("Preprocessing: ms per image, one process, median over repeats",
+                              ("image kind", "preprocess ms", "min", "max", "with decode ms", "min", "max"),
+                              first_left=True)
+        for r in data["preprocess"]:
+            table.add_row(r["kind"], *(f"{r[f'{f}{s}']:.2f}" for f in ("preprocess_ms", "with_decode_ms")
+                                       for s in ("", "_min", "_max")))
+        out.print(table)
+    folder = data.get("folder_predict", {})
+    if "lenet" in folder:
+        line = (f"Folder predict ({folder['lenet']['files']:,} files: MNIST-style PNGs and 200x200 photos): "
+                f"lenet predict {folder['lenet']['files_per_s']:,.0f} files/s")
+        if "plain" in folder:
+            line += (f", a plain loop (resize and invert, no preprocessing) {folder['plain']['files_per_s']:,.0f} "
+                     f"files/s: {data['folder_predict_vs_plain']:.2f}x")
+        out.print(line + ".")

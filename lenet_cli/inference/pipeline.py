@@ -16,10 +16,11 @@ from typing import Any
 
 import numpy as np
 
-from lenet_cli.data.preprocess import Prepared, prepare_file, shape_notes
+from lenet_cli.data.preprocess import Prepared
 from lenet_cli.data.sources import STDIN, is_url
 from lenet_cli.devices import DeviceSpec
-from lenet_cli.errors import ImageError, OutputError, first_line
+from lenet_cli.errors import OutputError
+from lenet_cli.inference.workers import prepare_row, prepared_rows
 from lenet_cli.model.metrics import softmax
 from lenet_cli.model.weights import bundled_onnx_path, resolve_weights_path
 from lenet_cli.utils.fileio import atomic_write_with, ensure_dir
@@ -38,6 +39,7 @@ class PredictConfig:
     invert: bool | None = None  # None: detect per image
     preview_dir: Path | None = None
     batch_size: int = 256  # bounds memory on big folders; one batch holds ~200 KB of pixels
+    workers: int | None = None  # processes that decode and preprocess a big folder; None: one per core
     low_confidence: float = LOW_CONFIDENCE  # a top probability under this gets the note "low confidence"
 
 
@@ -80,7 +82,7 @@ def iter_predictions(
     yielded as each batch is classified.
 
     `logits_fn` maps uint8 (N, 28, 28) to logits (N, 10): a backend's `logits`. Memory holds one
-    batch of rows, however many paths there are.
+    batch of rows (and the workers' bounded window, workers.py), however many paths there are.
     """
     window: list[dict[str, Any]] = []  # rows since the last batch, in order, errors included
     pending: list[tuple[dict[str, Any], np.ndarray]] = []
@@ -94,8 +96,12 @@ def iter_predictions(
             score_row(row, pr, cfg.top_k, cfg.low_confidence)
         pending.clear()
 
-    for path in paths:
-        row = _prepared_row(path, cfg, used_names, pending)
+    for row, pixels in prepared_rows(paths, cfg.invert, cfg.workers):
+        if pixels is not None:
+            if cfg.preview_dir is not None:
+                name = _preview_name(_source(row["file"]), used_names)
+                row["preview"] = str(save_preview(pixels, cfg.preview_dir / name))
+            pending.append((row, pixels))
         window.append(row)
         if len(pending) >= cfg.batch_size or not pending:  # a batch is full, or only errors wait
             classify()
@@ -105,6 +111,11 @@ def iter_predictions(
             on_file()
     classify()
     yield from window
+
+
+def _source(name: str) -> Path | str:
+    """A row's `file` back as the input it names: a path, or a URL or "-" as given."""
+    return name if name == STDIN or is_url(name) else Path(name)
 
 
 def score_row(row: dict[str, Any], probs: np.ndarray, top_k: int, low_confidence: float = LOW_CONFIDENCE) -> None:
@@ -120,25 +131,6 @@ def score_row(row: dict[str, Any], probs: np.ndarray, top_k: int, low_confidence
         row.setdefault("notes", []).append(LOW_CONFIDENCE_NOTE)
 
 
-def prepare_row(row: dict[str, Any], prepare: Callable[[], Prepared], name: str) -> Prepared | None:
-    """Run `prepare` (decode and preprocess one image) into `row`: what preprocessing decided, or
-    the error and its kind (messages lose their `name: ` prefix: the row already names the image)."""
-    try:
-        prepared = prepare()
-    except ImageError as exc:
-        row["error"] = exc.message.removeprefix(f"{name}: ")
-        row["error_kind"] = exc.kind
-        return None
-    except Exception as exc:  # noqa: BLE001 - one odd image must never cost the user the other rows
-        row["error"] = f"cannot process this image ({type(exc).__name__}: {first_line(exc)})"
-        row["error_kind"] = "corrupt"
-        return None
-    row["inverted"] = prepared.inverted
-    row["passthrough"] = prepared.passthrough
-    row["notes"] = shape_notes(prepared.pixels)  # "low confidence" joins them once classified
-    return prepared
-
-
 def predict_one(prepare: Callable[[], Prepared], name: str,
                 logits_fn: Callable[[np.ndarray], np.ndarray], top_k: int = 3) -> tuple[dict[str, Any], Prepared | None]:
     """One image's row (as in `iter_predictions`, without `file`) and its 28x28 pixels (None on error)."""
@@ -147,18 +139,6 @@ def predict_one(prepare: Callable[[], Prepared], name: str,
     if prepared is not None:
         score_row(row, softmax(logits_fn(prepared.pixels[None]))[0], top_k)
     return row, prepared
-
-
-def _prepared_row(path: Path | str, cfg: PredictConfig, used_names: set[str],
-                  pending: list[tuple[dict[str, Any], np.ndarray]]) -> dict[str, Any]:
-    """A file's row: its error, or what preprocessing decided (its pixels join `pending`)."""
-    row: dict[str, Any] = {"file": str(path)}
-    prepared = prepare_row(row, lambda: prepare_file(path, cfg.invert), str(path))
-    if prepared is not None:
-        if cfg.preview_dir is not None:
-            row["preview"] = str(save_preview(prepared.pixels, cfg.preview_dir / _preview_name(path, used_names)))
-        pending.append((row, prepared.pixels))
-    return row
 
 
 class RowWriter:

@@ -169,8 +169,14 @@ def test_bench_request_checks_backends_and_budget():
     quick = bench_config(api.BenchRequest(quick=True))
     assert "torch-compile" not in quick.backends and quick.min_seconds <= 0.2
     assert quick.repeats == 1 and quick.epoch_fraction < 1
-    full = bench_config(api.BenchRequest())
-    assert full.repeats == 3 and full.epoch_fraction == 1 and full.train_batch_size is None
+    default = bench_config(api.BenchRequest())
+    assert "torch-compile" not in default.backends and default.epoch_fraction < 1 and not default.accuracy
+    assert default.predict_path
+    full = bench_config(api.BenchRequest(full=True))
+    assert full.repeats == 3 and full.epoch_fraction == 1 and full.train_batch_size is None and full.accuracy
+    assert "torch-compile" in full.backends
+    with pytest.raises(UsageError, match="--full"):
+        bench_config(api.BenchRequest(quick=True, full=True))
     assert bench_config(api.BenchRequest(quick=True, repeats=2)).repeats == 2
 
 
@@ -178,5 +184,6 @@ def test_bench_repeats_help_names_the_api_defaults():
     from lenet_cli.api import benchmarking
 
     result = run("bench", "--help")
-    assert f"(default {benchmarking.REPEATS}; {benchmarking.QUICK_REPEATS} with --quick)" in " ".join(
+    modes = benchmarking.MODES
+    assert f"(default {modes['default'].repeats}; {modes['full'].repeats} with --full)" in " ".join(
         result.output.split())

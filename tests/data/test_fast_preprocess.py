@@ -1,0 +1,60 @@
+"""The fast preprocessing gives the reference's 28x28 output (tests/data/preprocess_reference.py) exactly."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from PIL import Image, ImageFilter
+
+import preprocess_reference as reference
+from lenet_cli.bench import images
+from lenet_cli.data import lighting, preprocess, shape_notes
+from lenet_cli.data.sources import load_gray_bytes
+
+
+def _kinds(seed: int) -> list[bytes]:
+    digits = images.font_digits(6, seed)
+    return ([images.canvas_png(d) for d in digits] + [images.paper_photo_jpeg(d, seed=i) for i, d in enumerate(digits)]
+            + [images.drawing_png(digits[0], (300, 220)), images.mnist_png(digits[1])])
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("seed", [0, 1])
+def test_fast_path_matches_the_reference_pixel_for_pixel(seed):
+    for data in _kinds(seed):
+        gray, alpha = load_gray_bytes(data)
+        want, got = reference.to_mnist(gray, alpha), preprocess.to_mnist(gray, alpha)
+        assert np.array_equal(want.pixels, got.pixels)
+        assert (want.inverted, want.passthrough) == (got.inverted, got.passthrough)
+        assert reference.shape_notes(want.pixels) == shape_notes.shape_notes(got.pixels)
+
+
+def test_median_and_quantile_equal_numpys_over_float64():
+    rng = np.random.default_rng(0)
+    for n in (1, 2, 3, 4, 17, 100, 4096):
+        a = (rng.random(n) * 3).astype(np.float32)
+        assert lighting.median(a) == float(np.median(a.astype(np.float64)))
+        assert lighting.quantile(a.copy(), 0.95) == float(np.quantile(a.astype(np.float64), 0.95))
+
+
+@pytest.mark.parametrize("size", [3, 9, 15])
+def test_rank_filter_is_pillows(size):
+    a = (np.random.default_rng(size).random((40, 57)) * 255).astype(np.uint8)
+    img = Image.fromarray(a)
+    assert np.array_equal(lighting.rank_filter(a, size, True), np.asarray(img.filter(ImageFilter.MaxFilter(size))))
+    assert np.array_equal(lighting.rank_filter(a, size, False), np.asarray(img.filter(ImageFilter.MinFilter(size))))
+
+
+def test_a_one_row_image_still_fits_its_lighting():
+    gray = np.linspace(0.2, 0.8, 50, dtype=np.float32)[None, :]  # y and y^2 are constant: a singular basis
+    residual, spread = lighting.residual_from_lighting(gray)
+    assert residual.shape == (1, 50) and np.isfinite(residual).all() and spread > 0.5
+
+
+def test_a_big_jpeg_is_decoded_in_draft_mode_but_not_below_the_minimum_side():
+    data = images.phone_jpeg(images.font_digits(1)[0], size=(2000, 1500))
+    gray, _ = load_gray_bytes(data)
+    assert gray.shape == (750, 1000)  # 1/2: 1/4 would be under 800 on the long side
+    full, _ = load_gray_bytes(data, min_side=None)
+    assert full.shape == (1500, 2000)
+    assert preprocess.to_mnist(gray, None).inverted and preprocess.to_mnist(full, None).inverted
