@@ -62,6 +62,7 @@ class GuardedProtocol(H11Protocol):
         super().__init__(*args, **kwargs)
         self.lingering = False
         self.lingered = 0  # bytes read and dropped while lingering
+        self.header_bytes = 0  # bytes received since this request's first byte, while its headers are incomplete
         self.header_timer: asyncio.TimerHandle | None = None
         self.linger_timers: list[asyncio.TimerHandle] = []
         self.raw: asyncio.Transport | None = None
@@ -80,12 +81,28 @@ class GuardedProtocol(H11Protocol):
         if self.lingering:
             self._drop(len(data))
             return
-        if self.header_timer is None and self.conn.their_state is h11.IDLE:
-            self._arm_header_timer()  # the first byte of a request (the keep-alive timer stops here)
+        if self.conn.their_state is h11.IDLE:
+            if self.header_timer is None:
+                self._arm_header_timer()  # the first byte of a request (the keep-alive timer stops here)
+            self.header_bytes += len(data)
+            if self.header_bytes > self.limits.max_header_bytes and self._headers_too_long(data):
+                return
         super().data_received(data)
-        if self.conn.their_state is not h11.IDLE and self.header_timer is not None:
-            self.header_timer.cancel()  # the headers are in: the body's deadline is BodyGuard's
-            self.header_timer = None
+        if self.conn.their_state is not h11.IDLE:
+            self.header_bytes = 0
+            if self.header_timer is not None:
+                self.header_timer.cancel()  # the headers are in: the body's deadline is BodyGuard's
+                self.header_timer = None
+
+    def _headers_too_long(self, data: bytes) -> bool:
+        """Past the header size limit: 400. (h11 checks its limit only while headers are incomplete, so
+        a long request line and headers that arrive in one read would pass it.)"""
+        buffered = self.conn.trailing_data[0] + data
+        end = buffered.find(b"\r\n\r\n")
+        if 0 <= end <= self.limits.max_header_bytes:
+            return False
+        self.send_400_response("headers too long")
+        return True
 
     def eof_received(self) -> bool | None:
         if self.lingering:  # the client finished sending: now the close resets nothing
