@@ -1,4 +1,4 @@
-"""`lenet serve`: the page and the HTTP API on one shared onnxruntime session, until Ctrl-C or SIGTERM."""
+"""`lenet serve`: the page and the HTTP API in N serving processes on one port, until Ctrl-C or SIGTERM."""
 
 from __future__ import annotations
 
@@ -13,6 +13,7 @@ from lenet_cli.inference.pipeline import default_model_path
 from lenet_cli.serve.app import create_app
 from lenet_cli.serve.classify import DEFAULT_WORKERS, ServeConfig, served_model
 from lenet_cli.serve.server import bind, is_all_interfaces, run
+from lenet_cli.serve.workers import WorkerSpec, run_processes
 from lenet_cli.utils.signals import StopSignal
 
 DEFAULT_HOST = "127.0.0.1"
@@ -21,12 +22,12 @@ DEFAULT_PORT = 8000
 
 @dataclass(frozen=True)
 class ServeRequest:
-    """`lenet serve`: where to listen, which model, how many images are classified at once."""
+    """`lenet serve`: where to listen, which model, how many serving processes."""
 
     host: str = DEFAULT_HOST  # this machine only; 0.0.0.0 opens it to the network (with a warning)
     port: int = DEFAULT_PORT  # 0: a free port, printed when the server is ready
     weights: Path | None = None  # None: the bundled ONNX model (no torch); .onnx; or .safetensors (exported at start)
-    workers: int | None = None  # None: the CPU cores, at most 4
+    workers: int | None = None  # serving processes on the one port; None: the CPU cores
 
 
 @dataclass
@@ -55,7 +56,7 @@ def serve(request: ServeRequest, events: Events | None = None, stop: StopSignal 
     what = "Exporting it to ONNX in memory" if path.suffix.lower() != ".onnx" else "Loading it in onnxruntime"
     with events.stage(f"{what}: {path.name} ..."):
         model = served_model(path, bundled=request.weights is None)
-    app = create_app(model, ServeConfig(workers=workers))
+    cfg = ServeConfig()
     sock = bind(request.host, request.port)
     if is_all_interfaces(request.host):
         events.warn(f"listening on all network interfaces ({request.host}): anyone who can reach this machine "
@@ -67,5 +68,9 @@ def serve(request: ServeRequest, events: Events | None = None, stop: StopSignal 
         events.note(f"lenet serve: {address}/ (the page), {address}/docs (the API); model {path.name}. "
                     "Press Ctrl-C to stop.")
 
-    run(app, sock, stop, ready)
-    return ServeReport(url[0], model.info(), app.state.requests)
+    if workers == 1:  # in this process: no process to start, and the model is loaded already
+        app = create_app(model, cfg)
+        run(app, sock, stop, ready, cfg.limits)
+        return ServeReport(url[0], model.info(), app.state.requests)
+    spec = WorkerSpec(path, request.weights is None, cfg)
+    return ServeReport(url[0], model.info(), run_processes(spec, sock, workers, stop, ready))

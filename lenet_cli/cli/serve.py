@@ -18,6 +18,7 @@ from lenet_cli.cli.options import WeightsOpt, examples
 EPILOG = examples(
     "lenet serve  # http://127.0.0.1:8000/ : draw a digit",
     "lenet serve --port 0  # any free port; the address is printed",
+    "lenet serve --workers 1  # one serving process",
     "lenet serve --weights runs/train-*/best.safetensors  # exported to ONNX in memory at start",
     "curl -F file=@digit.png http://127.0.0.1:8000/api/predict  # from another terminal",
     "curl --data-binary @digit.png -H 'Content-Type: image/png' 'http://127.0.0.1:8000/api/predict?preview=1'",
@@ -31,18 +32,29 @@ def serve(
                                       min=0, max=65535)] = 8000,
     weights: WeightsOpt = None,
     workers: Annotated[Optional[int], typer.Option(
-        help="Images classified at the same time (threads sharing one onnxruntime session).",
-        min=1, max=64, show_default="the CPU cores, at most 4")] = None,
+        help="Serving processes on the one port, each with its own onnxruntime session "
+             "classifying one image at a time.",
+        min=1, max=64, show_default="the CPU cores")] = None,
 ) -> None:
     """Serve a page to draw or upload a digit, and an HTTP API, on the bundled model or --weights.
 
-    GET / is the page; POST /api/predict takes an image (multipart field `file`, or
-    raw bytes with an image/* content type) and answers the fields of one row of
-    `lenet predict --json`; GET /api/health, GET /api/model; API docs at /docs.
-    An upload may be up to 10 MiB and 4096x4096 pixels; bad input is a 4xx JSON error.
-    Inference runs in onnxruntime: the bundled model and .onnx files never import
-    torch; a .safetensors file is exported to ONNX in memory at start.
-    Ctrl-C or SIGTERM stop it after the requests in flight.
+    GET / is the page; POST /api/predict takes an image (multipart field
+    `file`, or raw bytes with an image/* content type) and answers the fields
+    of one row of `lenet predict --json`; GET /api/health, GET /api/model;
+    API docs at /docs. Inference runs in onnxruntime: the bundled model and
+    .onnx files never import torch; a .safetensors file is exported to ONNX in
+    memory at start, in each process. Ctrl-C or SIGTERM stop it after the
+    requests in flight (at most 5 s). Bad input is a 4xx JSON error.
+
+    Limits, per serving process, and what a client sees past each:
+    a body over 10 MiB: 413 JSON (the rest of the body is read and dropped
+    for up to 10 s or 64 MiB first, so a client that sends it all before
+    reading still gets the answer); an image over 4096x4096 pixels: 413;
+    headers not all in within 10 s, or the body within 30 s more: 408, closed;
+    request line and headers over 16 KiB: 400, closed; a keep-alive
+    connection idle for 5 s: closed; over 1,000 open connections: 503,
+    closed; over 64 images waiting for the model, or 256 MiB of bodies
+    held at once: 503 with Retry-After. Details: docs/serving.md.
     """
     request = api.ServeRequest(host=host, port=port, weights=weights, workers=workers)
     with RichEvents() as events:

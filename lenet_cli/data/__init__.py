@@ -2,8 +2,9 @@
 
 * mnist.py: the four IDX files, read into uint8 tensors; the train/validation split; the download.
 * sources.py: what `lenet predict` accepts (files, folders, patterns, URLs, stdin) read into grey pixels.
+* urls.py: one http(s) download, bounded in bytes and total time, with a redirect policy.
 * preprocess.py: a photo, scan or drawing of a digit made into the 28x28 image MNIST models expect.
 
 May import: numpy, Pillow, torch (MNIST only), and lenet_cli's top-level modules and utils/.
-preprocess.py and sources.py never import torch: `lenet predict` with the bundled model runs without it.
+preprocess.py, sources.py and urls.py never import torch: `lenet predict` with the bundled model runs without it.
 """

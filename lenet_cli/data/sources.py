@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
-from lenet_cli import __version__
+from lenet_cli.data.urls import MAX_DOWNLOAD_BYTES, URL_TIMEOUT_S, fetch_url, is_url
 from lenet_cli.errors import ImageError, first_line
 from lenet_cli.utils.fileio import not_a_file
 
@@ -23,8 +23,6 @@ MAX_PIXELS = 50_000_000  # refuse absurdly large images (decompression bombs)
 # nearly free in the decoder), never below it: a 12 MP photo becomes 1000x750 in a tenth of the time
 # and memory. Preprocessing works at 256 pixels and fits the digit into 80, so nothing is lost.
 DECODE_MIN_SIDE = 800
-MAX_DOWNLOAD_BYTES = 20 * 1024 * 1024  # a URL or stdin: more than any photo of a digit needs
-URL_TIMEOUT_S = 10.0  # seconds to connect, and between two reads of the body
 STDIN = "-"  # `lenet predict -`: one image from stdin
 SUPPORTED = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp")
 
@@ -114,52 +112,6 @@ def decode_gray(fh, where: str, max_pixels: int = MAX_PIXELS,
             raise ImageError(f"{where}: damaged or truncated image ({detail}).", kind="corrupt") from exc
 
 
-def is_url(item: str) -> bool:
-    """An http:// or https:// address (other schemes are taken as file names, and not found)."""
-    return item.lower().startswith(("http://", "https://"))
-
-
-def fetch_url(url: str, max_bytes: int | None = None, timeout: float | None = None) -> tuple[bytes, str]:
-    """The body of an HTTP(S) GET (at most `max_bytes`) and its content type; a failure is an ImageError.
-
-    The stdlib's urllib, so the URL path costs no import beyond it (and never torch).
-    `timeout` bounds the connection and each read, not the whole download. Both default to
-    the module's MAX_DOWNLOAD_BYTES and URL_TIMEOUT_S, read at call time.
-    """
-    max_bytes = MAX_DOWNLOAD_BYTES if max_bytes is None else max_bytes
-    timeout = URL_TIMEOUT_S if timeout is None else timeout
-    import socket
-    import urllib.error
-    import urllib.request
-
-    request = urllib.request.Request(url, headers={"User-Agent": f"lenet/{__version__}"})
-    try:
-        with urllib.request.urlopen(request, timeout=timeout) as response:  # noqa: S310 - http(s) only, see is_url
-            length = response.headers.get("Content-Length")
-            if length is not None and length.isdigit() and int(length) > max_bytes:
-                raise ImageError(f"{url}: the server sends {int(length):,} bytes, over the limit of "
-                                 f"{max_bytes:,}.", kind="too_large")
-            data = response.read(max_bytes + 1)  # one byte more tells "exactly the limit" from "over it"
-            kind = response.headers.get_content_type()
-    except ImageError:
-        raise
-    except urllib.error.HTTPError as exc:
-        what = "not_found" if exc.code in (404, 410) else "http_error"
-        raise ImageError(f"{url}: the server answered HTTP {exc.code} {exc.reason}.", kind=what) from None
-    except (TimeoutError, socket.timeout) as exc:
-        raise ImageError(f"{url}: no answer within {timeout:g} s.", kind="timeout") from exc
-    except urllib.error.URLError as exc:
-        if isinstance(exc.reason, (TimeoutError, socket.timeout)):
-            raise ImageError(f"{url}: no answer within {timeout:g} s.", kind="timeout") from exc
-        reason = getattr(exc.reason, "strerror", None) or exc.reason
-        raise ImageError(f"{url}: cannot connect ({reason}).", kind="unreachable") from exc
-    except (OSError, ValueError) as exc:  # a dropped connection mid-body, a malformed address
-        raise ImageError(f"{url}: download failed ({first_line(exc)}).", kind="unreachable") from exc
-    if len(data) > max_bytes:
-        raise ImageError(f"{url}: over the download limit of {max_bytes:,} bytes.", kind="too_large")
-    return data, kind
-
-
 def read_stdin(max_bytes: int | None = None) -> bytes:
     """One image piped to `lenet predict -`, at most `max_bytes` (default MAX_DOWNLOAD_BYTES)."""
     max_bytes = MAX_DOWNLOAD_BYTES if max_bytes is None else max_bytes
@@ -181,7 +133,7 @@ def load_source(source: Path | str) -> tuple[np.ndarray, np.ndarray | None]:
             raise ImageError("-: nothing came on stdin (0 bytes).", kind="empty")
         return load_gray_bytes(data, STDIN)
     if isinstance(source, str) and is_url(source):
-        data, content_type = fetch_url(source)
+        data, content_type = fetch_url(source, MAX_DOWNLOAD_BYTES, URL_TIMEOUT_S)  # read here: tests set them
         try:
             return load_gray_bytes(data, source)
         except ImageError as exc:

@@ -15,7 +15,7 @@ from lenet_cli.serve.classify import (
     ServedModel,
     served_model,
 )
-from lenet_cli.serve.limits import BodyLimit
+from lenet_cli.serve.limits import BodyGuard
 from lenet_cli.serve.routes import (
     add_error_handlers,
     add_info_routes,
@@ -37,7 +37,7 @@ def create_app(model: ServedModel, cfg: ServeConfig = ServeConfig()) -> "FastAPI
 
     app = FastAPI(title="lenet serve", version=__version__,
                   description="LeNet-5 on MNIST: draw or upload a digit at `/`, or POST an image to `/api/predict`.")
-    app.add_middleware(BodyLimit, limit=cfg.max_bytes)
+    app.add_middleware(BodyGuard, limits=cfg.limits)
     add_error_handlers(app)
     add_page_routes(app)
     add_info_routes(app, model)

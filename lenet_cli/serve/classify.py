@@ -1,8 +1,8 @@
 """What `lenet serve` classifies with: its limits, the one shared onnxruntime model, one upload's row.
 
 The prediction is `inference.pipeline.predict_one` (the same preprocessing, the same row fields
-as `lenet predict --json`) on one shared onnxruntime session. onnxruntime's `run` is safe to
-call from several threads at once, so every request uses that one session.
+as `lenet predict --json`) on one onnxruntime session per serving process. onnxruntime's `run`
+is safe to call from several threads at once, so every request of a process uses that session.
 """
 
 from __future__ import annotations
@@ -20,22 +20,30 @@ from lenet_cli import __version__
 from lenet_cli.data.preprocess import prepare_bytes
 from lenet_cli.inference.backends import OnnxBackend
 from lenet_cli.inference.pipeline import predict_one
+from lenet_cli.serve.limits import Limits
 
-MAX_UPLOAD_BYTES = 10 * 1024 * 1024  # a whole request body, multipart framing included
+MAX_UPLOAD_BYTES = Limits().max_body_bytes  # a whole request body, multipart framing included
 MAX_UPLOAD_PIXELS = 4096 * 4096  # read from the header before decoding: a bomb costs nothing
-DEFAULT_WORKERS = min(os.cpu_count() or 1, 4)
-# Each request is one image: parallelism comes from running requests side by side,
-# so one intra-op thread per run (more would fight the other workers for the same cores).
+# Serving processes: one per core. A process classifies one image at a time in one worker
+# thread, so its event loop keeps reading, timing and answering other connections meanwhile.
+DEFAULT_WORKERS = os.cpu_count() or 1
+# Each request is one image: parallelism comes from processes side by side,
+# so one intra-op thread per run (more would fight the other processes for the same cores).
 SESSION_THREADS = 1
 
 
 @dataclass(frozen=True)
 class ServeConfig:
-    """How the app answers: limits and the worker pool."""
+    """How one serving process answers: its limits and how many images it classifies at once."""
 
-    max_bytes: int = MAX_UPLOAD_BYTES
     max_pixels: int = MAX_UPLOAD_PIXELS
-    workers: int = DEFAULT_WORKERS
+    limits: Limits = Limits()
+    threads: int = 1  # images classified at once in this process (worker threads on its one session)
+
+    @property
+    def max_bytes(self) -> int:
+        """The request body limit, in bytes."""
+        return self.limits.max_body_bytes
 
 
 @dataclass

@@ -8,7 +8,7 @@ imported inside them: `lenet --help` must not pay for them.
 # and `Request` / `Query` are imported inside the functions, where string annotations could not find them.
 import functools
 from importlib import resources
-from typing import Any, Callable
+from typing import Any
 
 from lenet_cli.serve.classify import ServeConfig, ServedModel, classify_upload
 
@@ -17,7 +17,7 @@ STATIC_FILES = {"app.js": "text/javascript; charset=utf-8", "app.css": "text/css
 # What the page may load: its own files and the previews (data: URLs); nothing from elsewhere.
 PAGE_CSP = ("default-src 'self'; img-src 'self' data: blob:; style-src 'self'; script-src 'self'; "
             "connect-src 'self'; object-src 'none'; base-uri 'none'; frame-ancestors 'none'")
-HTTP_STATUS = {"too_large": 413, "unsupported_media_type": 415, "no_ink": 422}  # others: 400
+HTTP_STATUS = {"too_large": 413, "unsupported_media_type": 415, "no_ink": 422, "busy": 503}  # others: 400
 
 
 def static_text(name: str) -> bytes:
@@ -29,7 +29,9 @@ def error(message: str, kind: str, status: int | None = None) -> Any:
     """A JSON error answer; the status follows from `kind` unless given."""
     from fastapi.responses import JSONResponse
 
-    return JSONResponse({"error": message, "error_kind": kind}, status_code=status or HTTP_STATUS.get(kind, 400))
+    status = status or HTTP_STATUS.get(kind, 400)
+    return JSONResponse({"error": message, "error_kind": kind}, status_code=status,
+                        headers={"Retry-After": "1"} if status == 503 else None)
 
 
 def add_error_handlers(app: Any) -> None:
@@ -56,12 +58,6 @@ def add_error_handlers(app: Any) -> None:
         first = exc.errors()[0] if exc.errors() else {}
         where = ".".join(str(p) for p in first.get("loc", ()) if p != "query")
         return error(f"{where}: {first.get('msg', 'invalid value')}", "bad_request", 422)
-
-    @app.middleware("http")
-    async def _headers(request: Request, call_next: Callable) -> Response:
-        response = await call_next(request)
-        response.headers["X-Content-Type-Options"] = "nosniff"
-        return response
 
 
 def add_page_routes(app: Any) -> None:
@@ -107,18 +103,31 @@ def predict_doc(cfg: ServeConfig) -> dict[str, Any]:
         "responses": {"400": {"description": "not an image, damaged, empty, or no file field: {error, error_kind}"},
                       "413": {"description": "over the byte or pixel limit"},
                       "415": {"description": "the content type is neither multipart/form-data nor image/*"},
-                      "422": {"description": "no ink found (a blank image), or a bad query parameter"}}}
+                      "408": {"description": "the body did not arrive in time"},
+                      "422": {"description": "no ink found (a blank image), or a bad query parameter"},
+                      "503": {"description": "busy: too many requests at once; try again (Retry-After)"}}}
 
 
 async def read_upload(request: Any) -> "bytes | Any":
-    """The uploaded image's bytes, or the JSON error answer for a body that holds none."""
+    """The uploaded image's bytes, or the JSON error answer for a body that holds none.
+
+    A multipart body must hold exactly one file field named `file`; its file name is never
+    read (no path from a request reaches the filesystem, and no name is echoed back).
+    """
+    from starlette.formparsers import MultiPartException
+
     content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
     if content_type == "multipart/form-data":
-        async with request.form(max_files=1, max_fields=4) as form:
-            upload = form.get("file")
-            if upload is None or isinstance(upload, str):
-                return error("the form has no file field named 'file'.", "missing_file")
-            return await upload.read()
+        try:
+            async with request.form(max_files=1, max_fields=4) as form:
+                uploads = form.getlist("file")
+                if len(uploads) > 1:
+                    return error("the form has more than one field named 'file'; send one image.", "bad_request")
+                if not uploads or isinstance(uploads[0], str):
+                    return error("the form has no file field named 'file'.", "missing_file")
+                return await uploads[0].read()
+        except MultiPartException as exc:
+            return error(f"a malformed multipart/form-data body ({exc.message})", "bad_request")
     if content_type.startswith("image/"):
         return await request.body()  # Pillow reads the format from the bytes; the type only routes the body
     return error(f"send the image as multipart/form-data (field 'file') or with an image/* content type, "
@@ -126,12 +135,14 @@ async def read_upload(request: Any) -> "bytes | Any":
 
 
 def add_predict_route(app: Any, model: ServedModel, cfg: ServeConfig) -> None:
-    """`POST /api/predict`: the CPU work of a request goes to a worker thread, at most `cfg.workers` at a time,
-    so the event loop keeps accepting and answering while images are classified."""
+    """`POST /api/predict`: the CPU work of a request goes to a worker thread, at most `cfg.threads` at a
+    time, so the event loop keeps reading, timing and answering other connections meanwhile. At most
+    `cfg.limits.max_queued` requests wait for or are in the model; more are answered 503 at once."""
     import anyio
     from fastapi import Query, Request
 
     limiter: list[Any] = []  # the CapacityLimiter, made on the server's event loop at first use
+    queued = [0]  # requests whose body is in, waiting for a thread or classified now
     app.state.requests = 0
 
     @app.post("/api/predict", summary="Classify one image of a digit", openapi_extra=predict_doc(cfg))
@@ -142,14 +153,20 @@ def add_predict_route(app: Any, model: ServedModel, cfg: ServeConfig) -> None:
         invert: bool | None = Query(None, description="Force polarity (true: dark ink on light paper). Default: detect."),
     ) -> Any:
         """The same fields as one row of `lenet predict --json` (prediction, confidence, top_k, inverted,
-        passthrough, notes), or `error` and `error_kind` with a 4xx status."""
+        passthrough, notes), or `error` and `error_kind` with a 4xx status (503: busy, try again)."""
         data = await read_upload(request)
         if not isinstance(data, bytes):
             return data
+        if queued[0] >= cfg.limits.max_queued:
+            return error(f"the server has {queued[0]} images waiting already; try again in a moment.", "busy")
         if not limiter:
-            limiter.append(anyio.CapacityLimiter(cfg.workers))
+            limiter.append(anyio.CapacityLimiter(cfg.threads))
         work = functools.partial(classify_upload, model, data, cfg, top_k, invert, preview)
-        row = await anyio.to_thread.run_sync(work, limiter=limiter[0])
+        queued[0] += 1
+        try:
+            row = await anyio.to_thread.run_sync(work, limiter=limiter[0])
+        finally:
+            queued[0] -= 1
         if row.get("error"):
             return error(row["error"], row["error_kind"])
         app.state.requests += 1  # images classified: a failed upload is not one

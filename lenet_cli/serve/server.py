@@ -1,4 +1,8 @@
-"""`lenet serve`'s server: the listening socket, and uvicorn running the app until Ctrl-C or SIGTERM."""
+"""`lenet serve`'s server: the listening socket, and uvicorn running the app until Ctrl-C or SIGTERM.
+
+One serving process runs `run`; several (`--workers N`) are started by workers.py, each
+running `run` on the same pre-bound socket.
+"""
 
 from __future__ import annotations
 
@@ -8,9 +12,10 @@ import threading
 from typing import Any, Callable
 
 from lenet_cli.errors import ServeError
+from lenet_cli.serve.limits import Limits
 from lenet_cli.utils.signals import StopSignal
 
-MAX_CONNECTIONS = 64  # more at once are answered 503 at once, instead of queueing without bound
+BACKLOG = 2048  # connections the kernel queues before a process accepts them (a burst of thousands)
 ALL_INTERFACES = ("0.0.0.0", "::", "")
 
 
@@ -44,7 +49,21 @@ def url_of(sock: socket.socket) -> str:
     return f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
 
 
-def run(app: Any, sock: socket.socket, stop: StopSignal, on_ready: Callable[[str], None]) -> None:
+def uvicorn_config(app: Any, limits: Limits) -> Any:
+    """uvicorn's settings for `app` under `limits`: the guarded h11 protocol, no connection-count 503
+    (idle sockets must not lock anyone out: the app limits the requests it works on instead)."""
+    import uvicorn
+
+    from lenet_cli.serve.protocol import protocol_class
+
+    return uvicorn.Config(app, log_level="warning", access_log=False, http=protocol_class(limits),
+                          limit_concurrency=None, timeout_keep_alive=limits.keep_alive_s,
+                          h11_max_incomplete_event_size=limits.max_header_bytes, backlog=BACKLOG,
+                          timeout_graceful_shutdown=limits.shutdown_s, lifespan="off")
+
+
+def run(app: Any, sock: socket.socket, stop: StopSignal, on_ready: Callable[[str], None],
+        limits: Limits = Limits()) -> None:
     """Serve `app` on `sock` until Ctrl-C or SIGTERM, then shut down gracefully (requests in flight finish).
 
     uvicorn runs in a thread so that the signals stay with the project's StopSignal (uvicorn
@@ -53,9 +72,7 @@ def run(app: Any, sock: socket.socket, stop: StopSignal, on_ready: Callable[[str
     """
     import uvicorn
 
-    config = uvicorn.Config(app, log_level="warning", access_log=False, limit_concurrency=MAX_CONNECTIONS,
-                            timeout_graceful_shutdown=5, lifespan="off")
-    server = uvicorn.Server(config)
+    server = uvicorn.Server(uvicorn_config(app, limits))
     failure: list[BaseException] = []
 
     def serve() -> None:

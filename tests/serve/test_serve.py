@@ -266,7 +266,7 @@ def test_one_shared_session_and_at_most_workers_images_at_once(model):
     sock = bind("127.0.0.1", 0)
     stop, ready = StopSignal(), threading.Event()
     address: list[str] = []
-    server = threading.Thread(target=run, args=(create_app(served, ServeConfig(workers=workers)), sock, stop,
+    server = threading.Thread(target=run, args=(create_app(served, ServeConfig(threads=workers)), sock, stop,
                                                 lambda url: (address.append(url), ready.set())), daemon=True)
     server.start()
     assert ready.wait(30)
