@@ -22,8 +22,9 @@ from lenet_cli.export.graph import DEFAULT_OPSET, MAX_OPSET, MIN_OPSET
 
 EPILOG = examples(
     "lenet export --onnx  # bundled model -> lenet5.onnx",
-    "lenet export --onnx --weights runs/train-*/best.safetensors --output model.onnx --opset 18",
-    "lenet export --onnx --quantize int8  # -> lenet5-int8.onnx, with accuracy and speed",
+    "lenet export --onnx -w runs/train-*/best.safetensors -o model.onnx",
+    "lenet export --onnx --opset 20 --output lenet5-op20.onnx",
+    "lenet export --onnx --quantize int8  # needs MNIST: -> lenet5-int8.onnx",
 )
 
 
