@@ -24,6 +24,8 @@ from lenet_cli.cli.options import (
 from lenet_cli.devices import DEVICE_HELP
 from lenet_cli.errors import EXIT_FAILURE, IMAGE_HINTS, UnsureError, UsageError
 
+# A panel of its own: --invert/--no-invert's second column would narrow every other option's help.
+PREPROCESSING = "Preprocessing"
 TABLE_ROWS = 200  # the table is for reading; --jsonl and --output carry every row
 
 EPILOG = examples(
@@ -34,7 +36,7 @@ EPILOG = examples(
     "lenet predict scans/ --jsonl > results.jsonl  # a large folder, streamed",
     "lenet predict https://example.com/digit.png  # a URL (http or https)",
     "cat digit.png | lenet predict -  # one image from stdin",
-    "lenet predict digit.png --min-confidence 0.9  # exit code 3 if unsure or not a digit",
+    "lenet predict digit.png --min-confidence 0.9  # exit 3 if unsure",
 )
 
 
@@ -46,11 +48,12 @@ def predict(
                                         "onnxruntime on the CPU (no torch).")] = "auto",
     top_k: Annotated[int, typer.Option("--top-k", "-k", help="How many top classes to show.", min=1, max=10)] = 3,
     invert: Annotated[
-        Optional[bool], typer.Option("--invert/--no-invert", help="Force polarity (dark ink on light paper = invert).",
+        Optional[bool], typer.Option("--invert/--no-invert", rich_help_panel=PREPROCESSING, help="Force polarity (dark ink on light paper = invert).",
                                      show_default="detect")
     ] = None,
     save_preview: Annotated[
-        Optional[Path], typer.Option("--save-preview", help="Write the 28x28 images the model saw into this folder.")
+        Optional[Path], typer.Option("--save-preview", rich_help_panel=PREPROCESSING,
+                                              help="Write the 28x28 images the model saw into this folder.")
     ] = None,
     output: Annotated[
         Optional[Path], typer.Option("--output", "-o", help="Also write every row to this .jsonl or .csv file as it is "
@@ -75,6 +78,7 @@ def predict(
     Ink that is no digit (a speck, a blob, a dash) gets a "not a digit" note and a
     top probability under 70% a "low confidence" note; --min-confidence turns
     them into exit code 3.
+
     Large folders stream with --jsonl or --output: rows are written as they are
     computed and memory stays flat; the table shows the first 200 rows.
     """

@@ -40,8 +40,10 @@ EPILOG = examples(
     "lenet train --epochs 1  # a good model fast: about 99% test accuracy",
     "lenet train --arch classic --output-dir runs/classic",
     "lenet train --epochs 1 --dry-run  # one batch per epoch: check the set-up",
-    "lenet train --resume runs/train-20261121-101500  # continue a stopped run (its folder or checkpoint)",
+    "lenet train --resume runs/train-20261121-101500  # continue a stopped run",
 )
+# --help groups the options: each panel is its own table, so the short ones keep a wide help column at 80 columns.
+RECIPE, AUGMENT = "Recipe (the defaults were chosen on the validation split)", "Augmentation"
 FILE_LABELS = (("best", "best weights"), ("last", "last weights"), ("curves", "curves"),
                ("history_csv", "history (CSV)"), ("history_json", "history (JSON)"), ("checkpoint", "checkpoint"))
 
@@ -60,30 +62,31 @@ def train(
                                      show_default="runs/train-<time>")
     ] = None,
     val_size: Annotated[int, typer.Option(
-        help=f"Training images held out for validation: it picks best.safetensors and fits the temperature "
+        rich_help_panel=RECIPE, help=f"Training images held out for validation: it picks best.safetensors and fits the temperature "
         f"(under {MIN_IMAGES:,}: none fitted).", min=0)] = D.val_size,
-    weight_decay: Annotated[float, typer.Option(help="AdamW/SGD weight decay.", min=0.0)] = D.weight_decay,
-    optimizer: Annotated[str, typer.Option(help="adamw | sgd.")] = D.optimizer,
-    augment: Annotated[bool, typer.Option("--augment/--no-augment",
+    weight_decay: Annotated[float, typer.Option(help="AdamW/SGD weight decay.", min=0.0,
+                                                               rich_help_panel=RECIPE)] = D.weight_decay,
+    optimizer: Annotated[str, typer.Option(help="adamw | sgd.", rich_help_panel=RECIPE)] = D.optimizer,
+    augment: Annotated[bool, typer.Option("--augment/--no-augment", rich_help_panel=AUGMENT,
                                           help="Random rotation/scale/shift of training digits (every epoch but the "
                                                "last --clean-epochs).")] = D.augment,
-    label_smoothing: Annotated[float, typer.Option(min=0.0, max=0.99,
+    label_smoothing: Annotated[float, typer.Option(min=0.0, max=0.99, rich_help_panel=RECIPE,
                                                    help="Cross-entropy label smoothing.")] = D.label_smoothing,
     clean_epochs: Annotated[Optional[int], typer.Option(
-        "--clean-epochs", min=0, show_default=f"{D.clean_epochs}, at most --epochs minus 1",
+        "--clean-epochs", min=0, rich_help_panel=AUGMENT, show_default=f"{D.clean_epochs}, at most --epochs minus 1",
         help="Train the last N epochs on the digits as they are, without augmentation. Never the first "
              "epoch: a 2-epoch run has at most 1, a 1-epoch run none. --elastic and --stroke pause with the "
              "rest of the augmentation.")] = None,
-    elastic: Annotated[float, typer.Option("--elastic", min=0.0, help="Strength (alpha, in Simard et al.'s units) of "
+    elastic: Annotated[float, typer.Option("--elastic", min=0.0, rich_help_panel=AUGMENT, help="Strength (alpha, in Simard et al.'s units) of "
                                            "elastic distortion of training digits; 0: none.")] = D.elastic,
-    stroke: Annotated[float, typer.Option("--stroke", min=0.0, max=1.0, help="Stroke-width jitter: move each "
+    stroke: Annotated[float, typer.Option("--stroke", min=0.0, max=1.0, rich_help_panel=AUGMENT, help="Stroke-width jitter: move each "
                                           "training digit up to this fraction of the way to its 3x3 dilation "
                                           "or erosion; 0: none.")] = D.stroke,
     ema: Annotated[float, typer.Option("--ema", help="Keep an exponential moving average of the weights with this "
                                        "per-step decay (e.g. 0.999) and save it as the result; 0: off.",
-                                       min=0.0, max=0.9999)] = D.ema_decay,
+                                       min=0.0, max=0.9999, rich_help_panel=RECIPE)] = D.ema_decay,
     precision: Annotated[str, typer.Option(
-        "--precision", help="auto | float32 | bf16: bf16 runs the forward pass under bfloat16 autocast. auto: bf16 "
+        "--precision", rich_help_panel=RECIPE, help="auto | float32 | bf16: bf16 runs the forward pass under bfloat16 autocast. auto: bf16 "
                             "on CPUs with AMX (faster at the same accuracy), float32 elsewhere.")] = D.precision,
     dry_run: Annotated[bool, typer.Option("--dry-run", help="One batch per epoch, to check that everything runs.")] = D.dry_run,
     no_download: NoDownloadOpt = False,
@@ -105,9 +108,10 @@ def train(
     calibrated (accuracy unchanged). Also writes last.safetensors, history.csv,
     history.json and curves.png.
 
-    Under torchrun (torchrun --standalone --nproc-per-node N -m lenet_cli train ...)
-    the processes train in DistributedDataParallel, --batch-size being the global
-    batch; rank 0 alone prints and writes (README: "Several processes").
+    Under torchrun (torchrun --standalone --nproc-per-node N -m lenet_cli train
+    ...) the processes train in DistributedDataParallel, --batch-size being the
+    global batch; rank 0 alone prints and writes (docs: Training, "Several
+    processes").
     """
     # An unset --clean-epochs (None) takes the default for this many epochs (TrainConfig.for_budget).
     cfg = TrainConfig.for_budget(epochs, preset=arch, batch_size=batch_size, lr=lr, weight_decay=weight_decay,

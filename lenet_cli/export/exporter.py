@@ -28,7 +28,7 @@ from lenet_cli.export.int8 import (
     compare_float_int8,
     quantize_int8,
 )
-from lenet_cli.export.verify import PROB_TOLERANCE, ParityRow, verify
+from lenet_cli.export.verify import PROB_TOLERANCE, ParityRow, onnx_accuracy, verify
 from lenet_cli.model.weights import load_model
 from lenet_cli.utils.fileio import atomic_write_bytes
 
@@ -49,9 +49,12 @@ def export_onnx(
     weights: Path, output: Path, opset: int = DEFAULT_OPSET, images: np.ndarray | None = None,
     quantize: str | None = None, calibration: np.ndarray | None = None,
     test_images: np.ndarray | None = None, test_labels: np.ndarray | None = None,
-) -> tuple[Path, list[ParityRow], dict[str, Any], list[QuantRow]]:
-    """Export a safetensors model to ONNX, verify it, optionally quantize it to int8, and write
-    the file atomically only if every check passes. The options are checked by `check_options`."""
+) -> tuple[Path, list[ParityRow], dict[str, Any], list[QuantRow], float | None]:
+    """Export a safetensors model to ONNX, verify it on `images`, optionally quantize it to int8, and
+    write the file atomically only if every check passes. The options are checked by `check_options`.
+
+    Returns the file, the parity rows, its metadata, the float-vs-int8 rows and the written model's
+    accuracy on `test_images` (None without them)."""
     model, info = load_model(weights, "cpu")
     proto = export_model_proto(model, opset)
     meta = onnx_metadata(info, opset)
@@ -67,6 +70,9 @@ def export_onnx(
             f"max probability difference {bad.max_abs_prob_diff:.2e} (tolerance {PROB_TOLERANCE:.0e}). No file was written."
         )
     quant_rows: list[QuantRow] = []
+    accuracy = None
+    if quantize is None and test_images is not None and test_labels is not None:
+        accuracy = onnx_accuracy(proto, test_images, test_labels)
     if quantize is not None:
         if calibration is None or test_images is None or test_labels is None:
             raise ExportError("int8 quantization needs calibration and test images.")
@@ -91,8 +97,9 @@ def export_onnx(
         set_metadata(proto, meta)
         proto.doc_string = "LeNet-5 digit classifier (int8) exported by lenet-cli. Input: raw pixels 0-255."
         quant_rows[1] = dataclasses.replace(i8, bytes=proto.ByteSize())  # the size of the file as written
+        accuracy = i8.test_accuracy
     atomic_write_bytes(Path(output), proto.SerializeToString())
-    return Path(output), rows, meta, quant_rows
+    return Path(output), rows, meta, quant_rows, accuracy
 
 
 def export_in_memory(weights: Path, opset: int = DEFAULT_OPSET, threads: int | None = None):

@@ -6,7 +6,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from lenet_cli.export.graph import check_model
-from lenet_cli.inference.onnx_session import cpu_session
+from lenet_cli.inference.onnx_session import INPUT_NAME, cpu_session
 from lenet_cli.model.metrics import softmax
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -29,7 +29,8 @@ class ParityRow:
 
 
 def verify(model_proto, torch_model, images: np.ndarray, batch_sizes=(1, 256)) -> list[ParityRow]:
-    """Full onnx.checker check, then onnxruntime vs PyTorch on real images at several batch sizes."""
+    """Full onnx.checker check, then onnxruntime vs PyTorch on real images at several batch sizes
+    (64 images one at a time, then batches of 256)."""
     import numpy as np
     import torch
 
@@ -50,3 +51,13 @@ def verify(model_proto, torch_model, images: np.ndarray, batch_sizes=(1, 256)) -
             worst = max(worst, float(np.abs(p_got - p_want).max()))
         rows.append(ParityRow(bs, n, agree, worst, agree == n and worst <= PROB_TOLERANCE))
     return rows
+
+
+def onnx_accuracy(model_proto, images: np.ndarray, labels: np.ndarray) -> float:
+    """Top-1 accuracy of an ONNX model (onnxruntime on the CPU) on uint8 (N, 28, 28) images."""
+    import numpy as np
+
+    session = cpu_session(model_proto)
+    x = images.astype(np.float32).reshape(-1, 1, 28, 28)
+    preds = np.concatenate([session.run(None, {INPUT_NAME: x[i : i + 1024]})[0].argmax(1) for i in range(0, len(x), 1024)])
+    return float((preds == labels).mean())

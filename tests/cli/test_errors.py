@@ -518,8 +518,9 @@ def test_other_numbers_and_choices_out_of_range(args, words):
 def test_mnist_missing_offline(command, tmp_path):
     empty = tmp_path / "empty"
     empty.mkdir()
+    # A plain export needs no MNIST (tests/export); int8 calibrates on training images.
     args = (["eval", "--output-dir", tmp_path / "ev"] if command == "eval"
-            else ["export", "--onnx", "--output", tmp_path / "m.onnx"])
+            else ["export", "--onnx", "--quantize", "int8", "--output", tmp_path / "m.onnx"])
     result = invoke(*args, "--data-dir", empty, "--no-download")
     assert_clean_error(result, 1, "MNIST not found", "downloads are off", "t10k-images-idx3-ubyte.gz", "--data-dir")
     assert not (tmp_path / "m.onnx").exists()

@@ -181,3 +181,45 @@ def test_cuda_request_for_onnx_without_gpu_support_is_a_plain_error(tmp_path, mo
     result = invoke("predict", tmp_path / "d.png", "--weights", bundled_onnx_path(), "--device", "cuda")
     assert result.exit_code == 1
     assert "no CUDA execution provider" in result.output and "pip install onnxruntime-gpu" in result.output
+
+
+@pytest.mark.slow
+def test_export_works_offline_without_mnist_on_the_shipped_digits(tmp_path, monkeypatch):
+    """The bundled model exports with no MNIST and no network: parity on the package's digits, no accuracy."""
+    import lenet_cli.data.mnist as mnist
+
+    def no_network(data_dir):
+        raise AssertionError("export tried to download MNIST")
+
+    monkeypatch.setattr(mnist, "download", no_network)
+    out = tmp_path / "m.onnx"
+    result = invoke("export", "--onnx", "--output", out, "--data-dir", tmp_path / "empty", "--json")
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.stdout)
+    assert out.is_file() and report["test_accuracy"] is None and report["test_images"] == 0
+    assert [(r["batch_size"], r["images"], r["passed"]) for r in report["verification"]] == [(1, 64, True), (256, 256, True)]
+    table = invoke("export", "--onnx", "--output", tmp_path / "t.onnx", "--data-dir", tmp_path / "empty")
+    assert table.exit_code == 0, table.output
+    assert "not measured (no MNIST in" in " ".join(table.output.split())
+
+
+@pytest.mark.slow
+def test_export_reports_test_accuracy_where_mnist_is_present(tiny_mnist, trained_weights, tmp_path):
+    result = invoke("export", "--onnx", "--weights", trained_weights, "--output", tmp_path / "m.onnx",
+                    "--data-dir", tiny_mnist, "--no-download", "--json")
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.stdout)
+    assert report["test_images"] == 200 and 0 < report["test_accuracy"] <= 1
+    ev = invoke("eval", "--weights", tmp_path / "m.onnx", "--data-dir", tiny_mnist, "--device", "cpu", "--json",
+                "--no-plots")
+    assert ev.exit_code == 0, ev.output
+    assert json.loads(ev.stdout)["accuracy"] == pytest.approx(report["test_accuracy"], abs=1e-6)
+
+
+def test_shipped_parity_digits_are_real_labelled_digits():
+    from lenet_cli.data.digits import PARITY_DIGITS, load_parity_digits
+
+    images, labels = load_parity_digits()
+    assert images.shape == (300, 28, 28) and images.dtype == np.uint8
+    assert np.bincount(labels, minlength=10).tolist() == [30] * 10
+    assert PARITY_DIGITS.stat().st_size < 200_000  # a few hundred digits, a few hundred KB at most
