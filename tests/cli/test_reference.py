@@ -18,7 +18,7 @@ def test_the_cli_reference_matches_help():
     assert not diff, f"{PAGE} differs from --help in {diff}: run `python -m lenet_cli.cli.reference`."
 
 
-COMMANDS = ["train", "eval", "predict", "export", "serve",
+COMMANDS = ["train", "eval", "predict", "export", "serve", "checks",
             # Rich cuts `--train-batch-size` to `--train-batch-si…` at 80 columns; cli/bench.py's owner fixes its help.
             pytest.param("bench", marks=pytest.mark.xfail(reason="bench --help truncates an option name at 80 columns"))]
 
