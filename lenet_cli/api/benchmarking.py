@@ -54,6 +54,7 @@ class BenchRequest:
     quick: bool = False  # a fast look: small budget, no torch.compile, a fraction of an epoch, no 1-epoch run
     full: bool = False  # every backend, whole epochs, 3 repeats, the 1-epoch run: minutes
     predict_path: bool = True  # preprocessing per image kind and a folder predict against a plain loop
+    serve: bool = False  # req/s of `lenet serve` beside a bare FastAPI upload endpoint
     output: Path | None = None
     train_batch_size: int | None = None  # None: lenet train's
     tutorial: bool = True
@@ -119,7 +120,8 @@ def bench_config(request: BenchRequest, data_dir: Path | None = None) -> BenchCo
                        train_batch_size=request.train_batch_size, epoch_fraction=mode.epoch_fraction,
                        tutorial=request.tutorial, accuracy=_wants_accuracy(request, mode),
                        data_dir=str(data_dir) if data_dir is not None else None,
-                       worker_timeout=request.worker_timeout, predict_path=request.predict_path)
+                       worker_timeout=request.worker_timeout, predict_path=request.predict_path,
+                       serve=request.serve)
 
 
 def _wants_accuracy(request: BenchRequest, mode: BenchMode) -> bool:

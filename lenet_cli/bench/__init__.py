@@ -6,6 +6,8 @@
 * tutorial.py: the pipeline LeNet tutorials use, timed beside lenet's.
 * report.py: the answers summarised as rows, with the machine.
 * harness.py: `run_bench`, which runs the plan and builds the report.
+* predict_path.py, images.py: the predict path's jobs and the real-image inputs they time.
+* serve_load.py, bare_server.py: `--serve`, `lenet serve` beside a bare FastAPI endpoint under one client.
 
 May import: training/ (the same setup `lenet train` uses), export/, inference/, model/, data/, utils/.
 """

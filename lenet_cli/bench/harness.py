@@ -52,7 +52,7 @@ def run_bench(weights: Path, cfg: BenchConfig, device: "torch.device",
     run_accuracy = cfg.accuracy and accuracy_skip is None and cfg.data_dir is not None
     with tempfile.TemporaryDirectory(prefix="lenet-bench-") as folder:
         onnx = None
-        if cfg.predict_path or any(b.startswith("onnxruntime") for b in cfg.backends):
+        if cfg.predict_path or cfg.serve or any(b.startswith("onnxruntime") for b in cfg.backends):
             # Exported once here, so that onnxruntime's processes import onnxruntime alone (not torch).
             onnx = Path(folder) / "model.onnx"
             images = np.random.default_rng(0).integers(0, 256, (256, 28, 28)).astype(np.uint8)
@@ -97,4 +97,5 @@ def run_bench(weights: Path, cfg: BenchConfig, device: "torch.device",
 def _without_onnxruntime(cfg: BenchConfig) -> BenchConfig:
     from dataclasses import replace
 
-    return replace(cfg, backends=tuple(b for b in cfg.backends if not b.startswith("onnxruntime")), predict_path=False)
+    return replace(cfg, backends=tuple(b for b in cfg.backends if not b.startswith("onnxruntime")), predict_path=False,
+                   serve=False)

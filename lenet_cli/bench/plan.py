@@ -47,6 +47,8 @@ class BenchConfig:
     worker_timeout: float = 600.0  # seconds per process
     predict_path: bool = True  # also time preprocessing per image kind and a folder predict against a plain loop
     mix_files: tuple[int, int] = (400, 100)  # the folder predict's MNIST-style PNGs and 200x200 photos
+    serve: bool = False  # also req/s of `lenet serve` beside a bare FastAPI upload endpoint (serve_load.py)
+    serve_seconds: float = 1.5  # per image kind, server and round of the serve load
 
 
 @dataclass(frozen=True)
@@ -107,4 +109,9 @@ def plan(cfg: BenchConfig, device: str, weights: Path, onnx: Path | None,
                     "warmup": cfg.warmup, "min_seconds": cfg.min_seconds, "seed": r}))
         if cfg.predict_path and onnx is not None and folder is not None:
             tasks += predict_tasks(cfg, onnx, folder, r, round_)
+    if cfg.serve and onnx is not None:
+        # Once: the servers are driven in alternating rounds inside the one process (serve_load.py).
+        tasks.append(Task("lenet serve beside a bare endpoint", "serve",
+                          {"kind": "serve", "onnx": str(onnx), "data_dir": cfg.data_dir,
+                           "seconds": cfg.serve_seconds, "rounds": max(2, cfg.repeats)}))
     return tasks

@@ -216,5 +216,7 @@ def build_report(weights: Path, cfg: BenchConfig, device: "Any", answers: dict[s
         "training_speedup_vs_tutorial_max": hi,
         "time_to_accuracy": accuracy,
         **summarize_predict(answers),
+        **({"serve": answers["serve"][0]["serve"], "serve_clients": answers["serve"][0]["clients"]}
+           if answers.get("serve") else {}),
         "skipped": skipped,
     }

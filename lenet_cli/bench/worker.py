@@ -13,7 +13,8 @@ Jobs (the "kind" field):
 * "inference": per-call times of one backend ("variant") at each of "batch_sizes";
 * "train-epoch": one whole training epoch of "pipeline" "lenet" (lenet's `recipe.train_step`
   with the default TrainConfig) or "tutorial" (tutorial.py), over "images" images;
-* "preprocess", "folder-predict": the predict path (predict_path.py).
+* "preprocess", "folder-predict": the predict path (predict_path.py);
+* "serve": `lenet serve` and a bare FastAPI endpoint under the same load (serve_load.py).
 
 Every answer carries "pid", so the report shows which process measured what. A failure is
 answered as {"error": "one line"} with exit status 1; the parent turns it into one message.
@@ -206,6 +207,10 @@ def run_job(job: dict[str, Any]) -> dict[str, Any]:
         from lenet_cli.bench import predict_path
 
         return (predict_path.measure_preprocess if kind == "preprocess" else predict_path.measure_folder)(job)
+    if kind == "serve":  # both servers are subprocesses; this process is their client
+        from lenet_cli.bench.serve_load import measure_serve
+
+        return measure_serve(job)
     raise ValueError(f"unknown bench job {kind!r}")
 
 

@@ -29,6 +29,7 @@ from lenet_cli.errors import UsageError
 EPILOG = examples(
     "lenet bench  # about 90 s on 2 cores",
     "lenet bench --quick --no-predict-path",
+    "lenet bench --serve  # also lenet serve's req/s beside a bare endpoint",
     "lenet bench --full --data-dir ~/mnist  # minutes: also lenet train --epochs 1",
     "lenet bench --backends onnxruntime --repeats 3 --json > bench.json",
 )
@@ -66,6 +67,9 @@ def bench(
     predict_path: Annotated[bool, typer.Option(
         "--predict-path/--no-predict-path",
         help="Also time preprocessing per image kind and a folder predict against a plain loop.")] = True,
+    serve: Annotated[bool, typer.Option(
+        "--serve", help="Also load `lenet serve` and a bare FastAPI upload endpoint with the same "
+        "client (16 threads) and compare their requests/s (about 20 s more).")] = False,
     data_dir: DataDirOpt = None,
     accuracy: Annotated[Optional[bool], typer.Option(
         "--accuracy/--no-accuracy", help="Also time `lenet train --epochs 1` on MNIST and check it reaches "
@@ -82,14 +86,14 @@ def bench(
 ) -> None:
     """Measure inference, training and the predict path on this machine.
 
-    Every measurement runs in a fresh process, after a warm-up, --repeats times: latency per batch (p50/p90/p99), images/s and the fraction of the measured float32 matmul rate per backend; a training epoch of lenet and of a tutorial pipeline (a fraction of one, scaled, unless --full); the preprocessing ms per image kind; the files/s of a folder predict beside a plain loop.
+    Every measurement runs in a fresh process, after a warm-up, --repeats times: latency per batch (p50/p90/p99), images/s and the fraction of the measured float32 matmul rate per backend; a training epoch of lenet and of a tutorial pipeline (a fraction of one, scaled, unless --full); the preprocessing ms per image kind; the files/s of a folder predict beside a plain loop; with --serve, the requests/s of `lenet serve` beside a bare FastAPI endpoint.
 
     The default run takes about 90 s on 2 cores; --full is the longer run with torch.compile, whole epochs and the time `lenet train --epochs 1` takes to 99.0%.
     """
     request = api.BenchRequest(
         weights=weights, device=device_spec(device), batch_sizes=parse_int_list(batch_sizes, "--batch-sizes"),
         backends=None if backends is None else tuple(b.strip() for b in backends.split(",") if b.strip()),
-        seconds=seconds, quick=quick, full=full, predict_path=predict_path,
+        seconds=seconds, quick=quick, full=full, predict_path=predict_path, serve=serve,
         output=output, train_batch_size=train_batch_size, tutorial=tutorial, repeats=repeats, data_dir=data_dir,
         accuracy=accuracy, worker_timeout=worker_timeout, exist_ok=exist_ok)
     run_and_show(api.bench, request, render, json_out)
@@ -152,6 +156,7 @@ def render(report: api.BenchReport) -> None:
                   f"{tta['train_seconds']:.1f} s of training ({tta['wall_seconds']:.1f} s wall, its own process): "
                   f"{verdict} {tta['target']:.1%}.")
     render_predict_path(data)
+    render_serve(data)
     for k, v in data.get("skipped", {}).items():
         warn(f"skipped {k.replace('_', ' ')}: {v}")
     if report.output is not None:
@@ -176,3 +181,18 @@ def render_predict_path(data: dict[str, Any]) -> None:
             line += (f", a plain loop (resize and invert, no preprocessing) {folder['plain']['files_per_s']:,.0f} "
                      f"files/s: {data['folder_predict_vs_plain']:.2f}x")
         out.print(line + ".")
+
+
+def render_serve(data: dict[str, Any]) -> None:
+    """`lenet serve` beside the bare endpoint: req/s, p50/p99 per image kind, and the ratio."""
+    if not data.get("serve"):
+        return
+    table = columns_table(f"Serve: POST /api/predict, {data['serve_clients']} concurrent clients on this machine",
+                          ("image kind", "server", "req/s", "p50 ms", "p99 ms", "errors", "of bare"), first_left=True)
+    for r in data["serve"]:
+        for name, label in (("lenet", "lenet serve"), ("bare", "bare FastAPI")):
+            s = r[name]
+            ratio = f"{r['ratio']:.2f}x" if name == "lenet" and r["ratio"] is not None else ""
+            table.add_row(r["kind"] if name == "lenet" else "", label, f"{s['requests_per_s']:,.0f}",
+                          f"{s['p50_ms']:.1f}", f"{s['p99_ms']:.1f}", str(s["errors"]), ratio)
+    out.print(table)

@@ -22,19 +22,49 @@ BACKGROUND_FILTER = 15  # wider than any stroke at BACKGROUND_SIDE: the opening 
 ROBUST_ROUNDS = 4
 
 
+BRACKET_FROM = 8192  # elements from which a selection first narrows the array down (_select)
+SAMPLE_SIZE = 1024  # every (n // SAMPLE_SIZE)-th element estimates where the wanted ranks lie
+SAMPLE_MARGIN = 48  # sample ranks either side of the estimate: the bracket misses about once in 10^6
+
+
+def _select(flat: np.ndarray, ranks: list[int]) -> list[float]:
+    """The elements at `ranks` (sorted, distinct) of `flat` in sorted order: np.partition's answer, exactly.
+
+    A large array is first narrowed to the values between two bounds read from a sorted sample
+    (three comparison passes, a few tens of microseconds), so that the selection runs on a tenth
+    of it; a full partition of a 200x200 image cost 0.27 ms. Counting what lies below, inside and
+    above the bounds proves the ranks are inside (NaNs fail the count); if not, the whole array
+    is partitioned, as before.
+    """
+    n = flat.size
+    if n >= BRACKET_FROM:
+        sample = np.sort(flat[:: n // SAMPLE_SIZE])
+        m = sample.size
+        lo = sample[max(0, ranks[0] * m // n - SAMPLE_MARGIN)]
+        hi = sample[min(m - 1, ranks[-1] * m // n + SAMPLE_MARGIN)]
+        below = int(np.count_nonzero(flat < lo))
+        inside = flat[(flat >= lo) & (flat <= hi)]
+        above = int(np.count_nonzero(flat > hi))
+        if below + inside.size + above == n and below <= ranks[0] and ranks[-1] < below + inside.size:
+            part = np.partition(inside, [r - below for r in ranks])
+            return [float(part[r - below]) for r in ranks]
+    part = np.partition(flat, ranks)
+    return [float(part[r]) for r in ranks]
+
+
 def median(a: np.ndarray) -> float:
     """The median, equal to numpy's over float64 on every platform, without the float64 copy.
 
-    Partitioning float32 puts the same elements in the middle as float64 would; only their
-    mean is taken in float64, as np.median does.
+    Selecting in float32 finds the same middle elements as float64 would; only their mean is
+    taken in float64, as np.median does.
     """
     flat = np.ravel(a)
     n = flat.size
     k = n // 2
     if n % 2:
-        return float(np.partition(flat, k)[k])
-    part = np.partition(flat, k)  # one selection: the element below the middle is the largest left of it
-    return (float(part[:k].max()) + float(part[k])) / 2.0
+        return _select(flat, [k])[0]
+    below, middle = _select(flat, [k - 1, k])
+    return (below + middle) / 2.0
 
 
 def quantile(a: np.ndarray, q: float) -> float:
@@ -49,8 +79,8 @@ def quantile(a: np.ndarray, q: float) -> float:
     below = min(max(math.floor(virtual), 0), n - 1)
     above = min(below + 1, n - 1)
     gamma = virtual - below
-    part = np.partition(flat, sorted({below, above}))
-    lo, hi = float(part[below]), float(part[above])
+    picked = _select(flat, sorted({below, above}))
+    lo, hi = picked[0], picked[-1]
     diff = hi - lo
     return hi - diff * (1.0 - gamma) if gamma >= 0.5 else lo + diff * gamma
 

@@ -37,6 +37,22 @@ def test_median_and_quantile_equal_numpys_over_float64():
         assert lighting.quantile(a.copy(), 0.95) == float(np.quantile(a.astype(np.float64), 0.95))
 
 
+def test_large_selections_narrowed_by_a_sample_stay_exact():
+    # From BRACKET_FROM elements a sample narrows the array first: skewed data, many ties, sorted
+    # input and a NaN (which must fall back to the whole partition) give numpy's answer all the same.
+    rng = np.random.default_rng(1)
+    n = lighting.BRACKET_FROM
+    cases = [rng.normal(size=40_000) ** 3, rng.integers(0, 4, n + 1) / 3, np.sort(rng.random(n + 2)),
+             np.abs(rng.normal(size=65_537)), np.r_[np.zeros(30_000), rng.random(10_000)]]
+    for a in (c.astype(np.float32) for c in cases):
+        assert lighting.median(a) == float(np.median(a.astype(np.float64)))
+        for q in (0.05, 0.5, 0.95, 1.0):
+            assert lighting.quantile(a, q) == float(np.quantile(a.astype(np.float64), q))
+    with_nan = rng.random(n * 2).astype(np.float32)
+    with_nan[7] = np.nan
+    assert lighting.median(with_nan) == (float(np.partition(with_nan, n - 1)[n - 1]) + float(np.partition(with_nan, n)[n])) / 2
+
+
 @pytest.mark.parametrize("size", [3, 9, 15])
 def test_rank_filter_is_pillows(size):
     a = (np.random.default_rng(size).random((40, 57)) * 255).astype(np.uint8)
