@@ -59,7 +59,9 @@ def test_each_measurement_and_repeat_runs_in_a_fresh_process():
     assert table.exit_code == 0, table.output
     text = " ".join(table.stdout.split())
     assert "5% of an epoch (2,750 images), scaled to 55,000 images" in text
-    assert "p50 min" in text and "tutorial DataLoader" in text and "skipped time to accuracy" in table.stderr
+    assert "p50 min" in text and "tutorial DataLoader" in text
+    # The 1-epoch run to 99% belongs to --full: a quick run neither makes it nor reports it as skipped.
+    assert "time to accuracy" not in table.stderr
 
 
 @pytest.mark.slow
