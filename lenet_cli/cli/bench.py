@@ -33,6 +33,9 @@ EPILOG = examples(
     "lenet bench --full --data-dir ~/mnist  # minutes: also lenet train --epochs 1",
     "lenet bench --backends onnxruntime --repeats 3 --json > bench.json",
 )
+MEASURE = "What to measure"
+ROWS = "Rows beyond inference and training"
+TUNING = "Tuning"
 PIPELINE_LABELS = {"lenet": "lenet train", "tutorial": "tutorial DataLoader"}
 
 
@@ -50,37 +53,43 @@ def parse_int_list(text: str, option: str) -> tuple[int, ...]:
 def bench(
     weights: WeightsOpt = None,
     device: DeviceOpt = "auto",
-    batch_sizes: Annotated[str, typer.Option(help="Comma-separated inference batch sizes.")] = "1,64,1024",
+    batch_sizes: Annotated[str, typer.Option(
+        help="Comma-separated inference batch sizes.", rich_help_panel=MEASURE)] = "1,64,1024",
     backends: Annotated[Optional[str], typer.Option(
         help="Comma-separated: torch, torch-compile, onnxruntime.",
-        show_default="torch,onnxruntime")] = None,
+        show_default="torch,onnxruntime", rich_help_panel=MEASURE)] = None,
     seconds: Annotated[Optional[float], typer.Option(
         help="Timing budget per backend, batch size and repeat.", min=0.0,
-        show_default="0.3")] = None,
+        show_default="0.3", rich_help_panel=MEASURE)] = None,
     repeats: Annotated[Optional[int], typer.Option(
         # The defaults are api.benchmarking's MODES (not imported: `lenet --help` stays light).
         help="Fresh processes per measurement; tables show min / median / max (default 1; 3 with --full).",
-        min=1, show_default=False)] = None,
-    quick: Annotated[bool, typer.Option("--quick", help="A fast look: smaller budget, 5% of an epoch.")] = False,
-    full: Annotated[bool, typer.Option("--full", help="Every backend (torch.compile too), whole epochs, 3 repeats "
-                                       "and, with MNIST, the 1-epoch training run: minutes.")] = False,
+        min=1, show_default=False, rich_help_panel=MEASURE)] = None,
+    quick: Annotated[bool, typer.Option(
+        "--quick", help="A fast look: smaller budget, 5% of an epoch.", rich_help_panel=MEASURE)] = False,
+    full: Annotated[bool, typer.Option(
+        "--full", help="Every backend (torch.compile too), whole epochs, 3 repeats and, with MNIST, the 1-epoch "
+        "training run: minutes.", rich_help_panel=MEASURE)] = False,
     predict_path: Annotated[bool, typer.Option(
         "--predict-path/--no-predict-path",
-        help="Also time preprocessing per image kind and a folder predict against a plain loop.")] = True,
+        help="Also time preprocessing per image kind and a folder predict against a plain loop.",
+        rich_help_panel=ROWS)] = True,
     serve: Annotated[bool, typer.Option(
         "--serve", help="Also load `lenet serve` and a bare FastAPI upload endpoint with the same "
-        "client (16 threads) and compare their requests/s (about 20 s more).")] = False,
-    data_dir: DataDirOpt = None,
+        "client (16 threads) and compare their requests/s (about 20 s more).", rich_help_panel=ROWS)] = False,
+    tutorial: Annotated[bool, typer.Option(
+        "--tutorial/--no-tutorial", help="Also time a typical tutorial's DataLoader training pipeline.",
+        rich_help_panel=ROWS)] = True,
     accuracy: Annotated[Optional[bool], typer.Option(
         "--accuracy/--no-accuracy", help="Also time `lenet train --epochs 1` on MNIST and check it reaches "
-        "99.0% test accuracy.", show_default="with --full")] = None,
-    output: Annotated[Optional[Path], typer.Option("--output", help="Also write the JSON report to this file.")] = None,
+        "99.0% test accuracy.", show_default="with --full", rich_help_panel=ROWS)] = None,
     train_batch_size: Annotated[Optional[int], typer.Option(
-        help="Batch size of the timed lenet epoch.", min=1, show_default="lenet train's")] = None,
-    tutorial: Annotated[bool, typer.Option("--tutorial/--no-tutorial",
-                                           help="Also time a typical tutorial's DataLoader training pipeline.")] = True,
-    worker_timeout: Annotated[float, typer.Option(help="Seconds each measurement's process may take.",
-                                                  min=0.0)] = 600.0,
+        help="Batch size of the timed lenet epoch.", min=1, show_default="lenet train's",
+        rich_help_panel=TUNING)] = None,
+    worker_timeout: Annotated[float, typer.Option(
+        help="Seconds each measurement's process may take.", min=0.0, rich_help_panel=TUNING)] = 600.0,
+    data_dir: DataDirOpt = None,
+    output: Annotated[Optional[Path], typer.Option("--output", help="Also write the JSON report to this file.")] = None,
     exist_ok: ExistOkOpt = False,
     json_out: JsonOpt = False,
 ) -> None:
