@@ -29,6 +29,7 @@ from lenet_cli.errors import ImageError, first_line
 
 POOL_FROM_FILES = 64  # below this, starting processes costs more than it saves
 CHUNK_FILES = 32  # files per task: amortises the hand-off (a few hundred microseconds) over ~10-100 ms of work
+PARENT_POLL_S = 0.5  # how soon a worker notices that its parent is gone
 IN_FLIGHT_PER_WORKER = 4  # chunks out per worker: enough to keep it busy, few enough to bound memory
 
 Row = tuple[dict[str, Any], "np.ndarray | None"]  # a file's row, and its 28x28 pixels unless it failed
@@ -72,10 +73,21 @@ def prepare_chunk(paths: list[Path | str], invert: bool | None) -> list[Row]:
 
 
 def _quiet_worker() -> None:
-    """Workers leave Ctrl-C to the parent, which stops them; otherwise each would print a traceback."""
+    """Workers leave Ctrl-C to the parent, which stops them (otherwise each would print a traceback),
+    and end with it: a parent killed outright (SIGKILL) cannot stop them, and they would sleep forever."""
     import signal
+    import threading
+    import time
 
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    parent = os.getppid()
+
+    def watch_parent() -> None:
+        while os.getppid() == parent:  # an orphan is adopted by another process: its parent id changes
+            time.sleep(PARENT_POLL_S)
+        os._exit(0)
+
+    threading.Thread(target=watch_parent, name="lenet-parent-watch", daemon=True).start()
 
 
 def _context():
