@@ -26,10 +26,10 @@ import numpy as np
 from lenet_cli.data.preprocess import Prepared, prepare_file, shape_notes
 from lenet_cli.data.sources import STDIN
 from lenet_cli.errors import ImageError, first_line
+from lenet_cli.utils.signals import follow_parent
 
 POOL_FROM_FILES = 64  # below this, starting processes costs more than it saves
 CHUNK_FILES = 32  # files per task: amortises the hand-off (a few hundred microseconds) over ~10-100 ms of work
-PARENT_POLL_S = 0.5  # how soon a worker notices that its parent is gone
 IN_FLIGHT_PER_WORKER = 4  # chunks out per worker: enough to keep it busy, few enough to bound memory
 
 Row = tuple[dict[str, Any], "np.ndarray | None"]  # a file's row, and its 28x28 pixels unless it failed
@@ -72,22 +72,13 @@ def prepare_chunk(paths: list[Path | str], invert: bool | None) -> list[Row]:
     return rows
 
 
-def _quiet_worker() -> None:
+def _quiet_worker(parent: int) -> None:
     """Workers leave Ctrl-C to the parent, which stops them (otherwise each would print a traceback),
-    and end with it: a parent killed outright (SIGKILL) cannot stop them, and they would sleep forever."""
+    and end with it, even when it is killed outright."""
     import signal
-    import threading
-    import time
 
     signal.signal(signal.SIGINT, signal.SIG_IGN)
-    parent = os.getppid()
-
-    def watch_parent() -> None:
-        while os.getppid() == parent:  # an orphan is adopted by another process: its parent id changes
-            time.sleep(PARENT_POLL_S)
-        os._exit(0)
-
-    threading.Thread(target=watch_parent, name="lenet-parent-watch", daemon=True).start()
+    follow_parent(parent, lambda: os._exit(0))
 
 
 def _context():
@@ -114,7 +105,8 @@ def _pooled(paths: list[Path | str], invert: bool | None, workers: int) -> Itera
     # Chunks small enough that a small job still keeps every worker busy, at most CHUNK_FILES.
     size = max(1, min(CHUNK_FILES, len(paths) // (workers * IN_FLIGHT_PER_WORKER)))
     chunks = (paths[i : i + size] for i in range(0, len(paths), size))
-    executor = ProcessPoolExecutor(workers, mp_context=_context(), initializer=_quiet_worker)
+    executor = ProcessPoolExecutor(workers, mp_context=_context(), initializer=_quiet_worker,
+                                   initargs=(os.getpid(),))
     window: deque = deque()
     try:
         for chunk in chunks:

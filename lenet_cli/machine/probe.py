@@ -44,10 +44,17 @@ def package_versions() -> dict[str, str | None]:
                 continue
             versions[label] = version if name == names[-1] else f"{version} ({name})"
             break
-    if versions["lenet"] is None:  # running from a checkout that was never installed
-        from lenet_cli import __version__
+    # lenet's own version is the code's (what `lenet --version` says); the installed metadata can be
+    # older (an editable install made before a release) or absent (a checkout never installed).
+    from lenet_cli import __version__
 
+    installed = versions["lenet"]
+    if installed is None:
         versions["lenet"] = f"{__version__} (not installed)"
+    elif installed != __version__:
+        versions["lenet"] = f"{__version__} (installed metadata says {installed})"
+    else:
+        versions["lenet"] = __version__
     return versions
 
 

@@ -97,10 +97,9 @@ class BodyGuard:
         async def guarded() -> dict:
             if state["done"]:  # the body is in: a later receive waits for a disconnect, with no deadline
                 return await receive()
-            try:
-                async with asyncio.timeout_at(deadline):
-                    message = await receive()
-            except TimeoutError:
+            try:  # asyncio.wait_for, not timeout_at: Python 3.10 has no timeout_at
+                message = await asyncio.wait_for(receive(), max(0.0, deadline - asyncio.get_running_loop().time()))
+            except (TimeoutError, asyncio.TimeoutError):
                 raise _Refused(408, f"the request body did not arrive within {self.limits.body_timeout_s:g} s.",
                                "timeout") from None
             if message["type"] != "http.request":

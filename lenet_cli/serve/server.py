@@ -16,6 +16,7 @@ from lenet_cli.serve.limits import Limits
 from lenet_cli.utils.signals import StopSignal
 
 BACKLOG = 2048  # connections the kernel queues before a process accepts them (a burst of thousands)
+FILES_BESIDE_CONNECTIONS = 256  # the model, libraries, pipes, logs: what a process holds besides sockets
 ALL_INTERFACES = ("0.0.0.0", "::", "")
 
 
@@ -62,6 +63,23 @@ def uvicorn_config(app: Any, limits: Limits) -> Any:
                           timeout_graceful_shutdown=limits.shutdown_s, lifespan="off")
 
 
+def raise_open_file_limit(wanted: int) -> None:
+    """Let this process open `wanted` files where the hard limit allows (the soft one is often 1,024).
+
+    Every connection is a file descriptor: at the default soft limit, accept() fails before the
+    connection cap (Limits.max_connections) can answer 503, and the server stops accepting.
+    """
+    try:
+        import resource
+    except ImportError:  # Windows
+        return
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    target = wanted if hard == resource.RLIM_INFINITY else min(wanted, hard)
+    if soft != resource.RLIM_INFINITY and soft < target:
+        with contextlib.suppress(ValueError, OSError):
+            resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+
+
 def run(app: Any, sock: socket.socket, stop: StopSignal, on_ready: Callable[[str], None],
         limits: Limits = Limits()) -> None:
     """Serve `app` on `sock` until Ctrl-C or SIGTERM, then shut down gracefully (requests in flight finish).
@@ -70,6 +88,7 @@ def run(app: Any, sock: socket.socket, stop: StopSignal, on_ready: Callable[[str
     installs no handlers outside the main thread): the first signal asks uvicorn to stop, a
     second one ends at once (KeyboardInterrupt, exit 130).
     """
+    raise_open_file_limit(limits.max_connections + FILES_BESIDE_CONNECTIONS)
     import uvicorn
 
     server = uvicorn.Server(uvicorn_config(app, limits))

@@ -11,6 +11,7 @@ Processes are spawned, not forked: a fork would copy the parent's threads and on
 from __future__ import annotations
 
 import contextlib
+import os
 import signal
 import socket
 import sys
@@ -19,13 +20,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
-from lenet_cli.errors import LenetError, ServeError
+from lenet_cli.errors import LenetError, ServeError, first_line
 from lenet_cli.serve.classify import ServeConfig
 from lenet_cli.serve.server import url_of
-from lenet_cli.utils.signals import StopSignal
+from lenet_cli.utils.signals import StopSignal, follow_parent
 
 START_TIMEOUT_S = 120.0  # a process that is not serving by then has failed to start (a loaded machine is slow)
 POLL_S = 0.1
+MAX_RESTARTS = 5  # crashes within RESTART_WINDOW_S before `lenet serve` gives up
+RESTART_WINDOW_S = 60.0
 
 
 @dataclass(frozen=True)
@@ -44,10 +47,13 @@ class _Slot:
     count: Any  # multiprocessing.Value, the images it classified, written when it stops
 
 
-def _serve_one(spec: WorkerSpec, sock: socket.socket, ready: Any, count: Any) -> None:
+def _serve_one(spec: WorkerSpec, sock: socket.socket, ready: Any, count: Any, parent: int) -> None:
     """A serving process: load the model, serve until SIGTERM, leave the number of images classified in `count`."""
     # Ctrl-C reaches every process of the terminal's group: the parent decides, and sends SIGTERM.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    # A parent killed outright cannot send SIGTERM: the process sends it to itself (a graceful stop),
+    # instead of serving on as an orphan that holds the port.
+    follow_parent(parent, lambda: os.kill(os.getpid(), signal.SIGTERM))
     from lenet_cli.serve.app import create_app
     from lenet_cli.serve.classify import served_model
     from lenet_cli.serve.server import run
@@ -61,13 +67,16 @@ def _serve_one(spec: WorkerSpec, sock: socket.socket, ready: Any, count: Any) ->
     except LenetError as exc:
         print(f"Error: {exc}", file=sys.stderr)
         sys.exit(1)
+    except Exception as exc:  # noqa: BLE001 - one line, as the parent's errors are, never a traceback
+        print(f"Error: the serving process failed: {type(exc).__name__}: {first_line(exc)}", file=sys.stderr)
+        sys.exit(1)
     except KeyboardInterrupt:  # a second SIGTERM: stopped without waiting
         sys.exit(130)
 
 
 def _start(ctx: Any, spec: WorkerSpec, sock: socket.socket) -> _Slot:
     ready, count = ctx.Event(), ctx.Value("q", 0)
-    process = ctx.Process(target=_serve_one, args=(spec, sock, ready, count), name="lenet-serve", daemon=True)
+    process = ctx.Process(target=_serve_one, args=(spec, sock, ready, count, os.getpid()), name="lenet-serve", daemon=True)
     process.start()
     return _Slot(process, ready, count)
 
@@ -99,6 +108,22 @@ def _stop_all(slots: list[_Slot], grace_s: float) -> None:
             slot.process.join(5)
 
 
+def _note_crash(crashes: list[float], exitcode: int) -> list[float]:
+    """The crash times of the last RESTART_WINDOW_S, this one included; ServeError when there are too many.
+
+    A process that dies at once (out of memory, a broken model) would otherwise be restarted every
+    POLL_S seconds, forever.
+    """
+    now = time.monotonic()
+    recent = [t for t in crashes if now - t < RESTART_WINDOW_S] + [now]
+    if len(recent) > MAX_RESTARTS:
+        raise ServeError(f"The serving processes died {len(recent)} times within {RESTART_WINDOW_S:g} s "
+                         f"(the last with exit status {exitcode}); stopping.",
+                         "Run with `lenet --debug serve --workers 1` to see why.")
+    time.sleep(min(2.0, 0.1 * 2 ** len(recent)))  # back off: a crash loop must not eat the machine
+    return recent
+
+
 def run_processes(spec: WorkerSpec, sock: socket.socket, workers: int, stop: StopSignal,
                   on_ready: Callable[[str], None]) -> int:
     """Serve with `workers` processes on `sock` until Ctrl-C or SIGTERM; the number of images they classified.
@@ -118,11 +143,13 @@ def run_processes(spec: WorkerSpec, sock: socket.socket, workers: int, stop: Sto
             _wait_ready(slots, stop)
             if not stop.requested:
                 on_ready(url_of(sock))
+            crashes: list[float] = []
             while not stop.requested:
                 time.sleep(POLL_S)
                 for i, slot in enumerate(slots):
                     if slot.process.exitcode is not None and not stop.requested:  # crashed: serve on
                         counted += slot.count.value
+                        crashes = _note_crash(crashes, slot.process.exitcode)
                         slots[i] = _start(ctx, spec, sock)
             _stop_all(slots, grace_s)
         except BaseException:

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import contextlib
+import os
 import signal
 import threading
+import time
 from collections.abc import Callable, Iterator
 
 
@@ -55,3 +57,24 @@ class StopSignal:
                 # None: the old handler was not set from Python; the default is the closest match.
                 default = signal.default_int_handler if sig == signal.SIGINT else signal.SIG_DFL
                 signal.signal(sig, old if old is not None else default)
+
+
+PARENT_POLL_S = 0.5  # how soon a worker process notices that its parent is gone
+
+
+def follow_parent(parent: int, on_orphan: Callable[[], None]) -> None:
+    """Call `on_orphan` (in a daemon thread) once process `parent` is no longer this process's parent.
+
+    A worker process (predict's preprocessing pool, serve's processes) is stopped by its parent; a
+    parent killed outright (SIGKILL, the OOM killer) cannot do that, and the worker would run on as
+    an orphan, holding a port or sleeping forever. An orphan is adopted by another process, so its
+    parent id changes. `parent` is the pid the parent passed down (read in the child, a parent that
+    died before the child looked would already be the adopter).
+    """
+
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(PARENT_POLL_S)
+        on_orphan()
+
+    threading.Thread(target=watch, name="lenet-follow-parent", daemon=True).start()

@@ -30,7 +30,7 @@ def test_the_script_stops_at_once_without_a_gpu(hidden, tmp_path):
     proc, seconds = _run(["bash", str(SCRIPTS / "gpu_check.sh")], **env)
     assert proc.returncode == 2, proc.stdout + proc.stderr
     assert proc.stdout.strip().splitlines()[-1].startswith(f"gpu_check: FAIL: {NO_GPU}")
-    assert seconds < 5  # before any Python starts
+    assert seconds < 30  # it stops before any Python starts (a few ms); 30 s leaves room for a loaded machine
 
 
 @pytest.mark.slow

@@ -408,3 +408,30 @@ def test_all_interfaces_warns_and_a_busy_port_is_one_line_and_exit_1():
             proc.kill()
     assert "Warning:" in before and "all network interfaces" in before
     assert proc.returncode == 0 and "Stopped after 0 image(s) classified." in stderr
+
+
+@pytest.mark.slow
+def test_serving_processes_end_with_a_parent_killed_outright():
+    """SIGKILL gives `lenet serve` no chance to stop its processes: they notice and stop themselves,
+    instead of serving on as orphans that hold the port."""
+    proc, url, _ = start_serve("--workers", "2")
+    children = [int(stat.parent.name) for stat in Path("/proc").glob("[0-9]*/stat")
+                if _parent_of(stat) == proc.pid]
+    assert len(children) >= 2, children  # the two serving processes (and multiprocessing's helpers)
+    proc.kill()
+    proc.communicate(timeout=30)
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline and any(Path(f"/proc/{pid}").exists() for pid in children):
+        time.sleep(0.1)
+    assert not any(Path(f"/proc/{pid}").exists() for pid in children), children
+    host, port = url.removeprefix("http://").rsplit(":", 1)
+    with pytest.raises(OSError):  # nobody listens on the port any more
+        socket.create_connection((host, int(port)), timeout=2).close()
+
+
+def _parent_of(stat: Path) -> int | None:
+    """The parent pid in a /proc/PID/stat file, or None when the process is gone."""
+    try:
+        return int(stat.read_text().rsplit(")", 1)[1].split()[1])
+    except (OSError, IndexError, ValueError):
+        return None
