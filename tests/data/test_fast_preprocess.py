@@ -53,9 +53,12 @@ def test_large_selections_narrowed_by_a_sample_stay_exact():
     assert lighting.median(with_nan) == (float(np.partition(with_nan, n - 1)[n - 1]) + float(np.partition(with_nan, n)[n])) / 2
 
 
-@pytest.mark.parametrize("size", [3, 9, 15])
-def test_rank_filter_is_pillows(size):
-    a = (np.random.default_rng(size).random((40, 57)) * 255).astype(np.uint8)
+@pytest.mark.parametrize("size", [1, 3, 5, 7, 9, 11, 13, 15])
+@pytest.mark.parametrize("shape", [(40, 57), (1, 9), (6, 2)])
+def test_rank_filter_is_pillows(size, shape):
+    # Every odd size (the runs are built by doubling, so 3, 7 and 15 end on different steps),
+    # and images narrower than the filter, where every window reaches into Pillow's edge padding.
+    a = (np.random.default_rng(size).random(shape) * 255).astype(np.uint8)
     img = Image.fromarray(a)
     assert np.array_equal(lighting.rank_filter(a, size, True), np.asarray(img.filter(ImageFilter.MaxFilter(size))))
     assert np.array_equal(lighting.rank_filter(a, size, False), np.asarray(img.filter(ImageFilter.MinFilter(size))))
