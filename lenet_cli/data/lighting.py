@@ -232,9 +232,30 @@ def rank_filter(a: np.ndarray, size: int, biggest: bool) -> np.ndarray:
     edge pixels, which is separable too.
     """
     op = np.maximum if biggest else np.minimum
-    padded = np.pad(a, size // 2, mode="edge")
+    padded = pad_edge(a, size // 2)
     rows = _window(padded, size, op)  # (h + size - 1, w): across each row's window
     return np.ascontiguousarray(_window(rows.T, size, op).T)  # (h, w): then down each column's
+
+
+def pad_zeros(a: np.ndarray, pad: int) -> np.ndarray:
+    """np.pad(a, pad) of a 2-D array (zeros around), without np.pad's per-call cost (about 15 us)."""
+    h, w = a.shape
+    out = np.zeros((h + 2 * pad, w + 2 * pad), dtype=a.dtype)
+    out[pad : pad + h, pad : pad + w] = a
+    return out
+
+
+def pad_edge(a: np.ndarray, pad: int) -> np.ndarray:
+    """np.pad(a, pad, mode="edge") of a 2-D array: the edge rows, then the edge columns (corners
+    included) repeated outwards."""
+    h, w = a.shape
+    out = np.empty((h + 2 * pad, w + 2 * pad), dtype=a.dtype)
+    out[pad : pad + h, pad : pad + w] = a
+    out[:pad, pad : pad + w] = a[0]
+    out[pad + h :, pad : pad + w] = a[-1]
+    out[:, :pad] = out[:, pad : pad + 1]
+    out[:, pad + w :] = out[:, pad + w - 1 : pad + w]
+    return out
 
 
 def _window(a: np.ndarray, size: int, op) -> np.ndarray:
