@@ -64,7 +64,7 @@ def _partition_at(a: np.ndarray, ranks: list[int]) -> list[float]:
     if len(ranks) == 2 and ranks[1] == ranks[0] + 1:
         part = np.partition(a, ranks[1])
         upper = part[ranks[1]]
-        if upper == upper:  # not NaN
+        if not np.isnan(upper):
             return [float(part[: ranks[1]].max()), float(upper)]
     if len(ranks) == 1:
         return [float(np.partition(a, ranks[0])[ranks[0]])]
