@@ -20,6 +20,7 @@ from lenet_cli.inference.pipeline import (
     iter_predictions,
 )
 from lenet_cli.inference.tta import tta_logits
+from lenet_cli.inference.workers import uses_pool
 from lenet_cli.utils.fileio import ensure_dir, refuse_existing
 
 PROGRESS_FROM_FILES = 50  # predict shows a progress bar from this many files
@@ -90,7 +91,8 @@ def predict(request: PredictRequest, events: Events | None = None) -> PredictRep
     if request.preview_dir is not None:
         ensure_dir(request.preview_dir, "--save-preview")  # an unwritable preview folder fails before any work
     cfg = PredictConfig(top_k=request.top_k, invert=request.invert, preview_dir=request.preview_dir)
-    backend = load_backend(model_path, request.device)
+    # With preprocessing in worker processes, onnxruntime's spinning threads would take their cores.
+    backend = load_backend(model_path, request.device, spin=not uses_pool(paths))
     report = PredictReport(model_path, backend.name, backend.device, output=request.output)
     on_file = None
     if len(paths) >= PROGRESS_FROM_FILES:

@@ -69,9 +69,11 @@ class OnnxBackend(Backend):
     """onnxruntime session on an exported model (raw pixels in, logits out)."""
 
     def __init__(self, path: Path, device: str | DeviceSpec = "cpu", threads: int | None = None,
-                 session: "onnxruntime.InferenceSession | None" = None) -> None:
+                 session: "onnxruntime.InferenceSession | None" = None, spin: bool = True) -> None:
         # `session`: one already made, e.g. on a model exported in memory (`lenet serve --weights x.safetensors`).
-        self.session = session if session is not None else make_session(Path(path), device, threads=threads)
+        # `spin`: see onnx_session.session_options.
+        self.session = session if session is not None else make_session(Path(path), device, threads=threads,
+                                                                         spin=spin)
         self.input_name = self.session.get_inputs()[0].name
         meta = dict(self.session.get_modelmeta().custom_metadata_map)
         parsed: dict[str, Any] = {}
@@ -112,12 +114,13 @@ def is_onnx_path(path: Path) -> bool:
     return Path(path).suffix.lower() == ".onnx"
 
 
-def load_backend(path: Path, device: str | DeviceSpec = "auto") -> Backend:
+def load_backend(path: Path, device: str | DeviceSpec = "auto", spin: bool = True) -> Backend:
     """The right backend for a weights path: .onnx -> onnxruntime (auto: the CPU), anything else -> PyTorch.
 
     The device spec is resolved here, once: into onnxruntime providers or into a torch.device.
+    `spin=False`: onnxruntime's idle threads sleep (beside worker processes that need the cores).
     """
     spec = parse_device(device)
     if is_onnx_path(path):
-        return OnnxBackend(path, DeviceSpec("cpu") if spec.is_auto else spec)
+        return OnnxBackend(path, DeviceSpec("cpu") if spec.is_auto else spec, spin=spin)
     return TorchBackend(path, resolve_device(spec))

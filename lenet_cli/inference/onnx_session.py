@@ -25,8 +25,12 @@ INPUT_NAME = "pixels"
 OUTPUT_NAME = "logits"
 
 
-def session_options(threads: int | None = None) -> "onnxruntime.SessionOptions":
-    """Session settings for a tiny, latency-bound model (every session lenet makes uses them)."""
+def session_options(threads: int | None = None, spin: bool = True) -> "onnxruntime.SessionOptions":
+    """Session settings for a tiny, latency-bound model (every session lenet makes uses them).
+
+    `spin=False`: idle intra-op threads sleep instead of spinning. Beside processes that need the
+    cores (predict's preprocessing workers) a spinning thread takes CPU time from them.
+    """
     import onnxruntime as ort
 
     opts = ort.SessionOptions()
@@ -36,6 +40,8 @@ def session_options(threads: int | None = None) -> "onnxruntime.SessionOptions":
     opts.inter_op_num_threads = 1
     opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
     opts.log_severity_level = 3  # errors only; warnings about unused initialisers are noise here
+    if not spin:
+        opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
     return opts
 
 
@@ -48,12 +54,12 @@ def cpu_session(model_proto: Any, threads: int | None = None) -> "onnxruntime.In
 
 
 def make_session(path: Path, device_spec: str | DeviceSpec = "cpu",
-                 threads: int | None = None) -> "onnxruntime.InferenceSession":
+                 threads: int | None = None, spin: bool = True) -> "onnxruntime.InferenceSession":
     """An onnxruntime session with settings chosen for a tiny model; clear errors for bad files."""
     import onnxruntime as ort
 
     providers = onnx_providers(device_spec)
-    opts = session_options(threads)
+    opts = session_options(threads, spin)
     path = Path(path)
     what = not_a_file(path)
     if what is not None:

@@ -89,10 +89,16 @@ def _context():
     return multiprocessing.get_context("fork" if sys.platform == "linux" else "spawn")
 
 
+def uses_pool(paths: list[Path | str], workers: int | None = None) -> bool:
+    """Whether `prepared_rows` will decode and preprocess these paths in worker processes."""
+    workers = default_workers() if workers is None else workers
+    return workers > 1 and len(paths) >= POOL_FROM_FILES and STDIN not in paths  # stdin belongs to this process
+
+
 def prepared_rows(paths: list[Path | str], invert: bool | None, workers: int | None = None) -> Iterator[Row]:
     """Every file's row and pixels, in input order: in worker processes for a big job, else here."""
     workers = default_workers() if workers is None else workers
-    if workers <= 1 or len(paths) < POOL_FROM_FILES or STDIN in paths:  # stdin belongs to this process
+    if not uses_pool(paths, workers):
         for path in paths:
             yield from prepare_chunk([path], invert)
         return
