@@ -5,6 +5,7 @@ from __future__ import annotations
 import collections
 import dataclasses
 
+import pytest
 import torch
 
 from lenet_cli.bench import worker
@@ -42,6 +43,7 @@ def _group_settings(opt: torch.optim.Optimizer) -> list[dict]:
             for g in opt.param_groups]
 
 
+@pytest.mark.slow
 def test_bench_times_the_setup_and_step_that_train_runs(tiny_mnist, monkeypatch):
     built, steps = _spy_setups(monkeypatch)
     cpu = torch.device("cpu")

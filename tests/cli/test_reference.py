@@ -39,6 +39,7 @@ def test_the_reference_shows_every_option_in_full(name):
     assert not missing, f"lenet {name} --help at 80 columns does not show {missing} whole"
 
 
+@pytest.mark.slow
 def test_the_drift_test_fails_when_a_help_text_changes(monkeypatch):
     """Change one option's help in the app: the committed page no longer matches, and the check says where."""
     page = PAGE.read_text(encoding="utf-8")

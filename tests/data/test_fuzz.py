@@ -153,6 +153,7 @@ def test_any_bytes_as_an_image(fmt, data, tmp_path):
 
 @FUZZ
 @given(content=random_or_mutated(SAFETENSORS_SEED))
+@pytest.mark.slow
 def test_any_bytes_as_safetensors_weights(content, tmp_path, digit_png):
     path = tmp_path / "model.safetensors"
     path.write_bytes(content)

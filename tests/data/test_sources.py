@@ -43,6 +43,7 @@ def predict_json(*args, input: bytes | None = None) -> tuple[int, dict]:
 
 
 @pytest.mark.skipif(not USPS.is_dir(), reason=f"usps-train not found at {USPS} (set LENET_USPS_DIR)")
+@pytest.mark.slow
 def test_accuracy_on_real_usps_scans():
     """Real envelope digits (16x16, thick strokes): every 5th of usps-train, at least 98.8% right."""
     from lenet_cli.inference.backends import OnnxBackend

@@ -370,6 +370,7 @@ def test_an_upload_dropped_midway_is_no_server_error():
 
 
 @pytest.mark.parametrize("how", [signal.SIGTERM, signal.SIGINT])
+@pytest.mark.slow
 def test_the_real_command_serves_and_stops_cleanly(how):
     proc, url, _ = start_serve()
     try:

@@ -95,6 +95,7 @@ def test_two_processes_write_one_run_folder(two_runs):
     assert history[0]["images_per_s"] > 0
 
 
+@pytest.mark.slow
 def test_same_seed_same_weights(two_runs):
     (a, _), (b, _) = two_runs
     for name in ("best.safetensors", "last.safetensors"):

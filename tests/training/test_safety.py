@@ -262,6 +262,7 @@ def _children(pid: int) -> list[int]:
     return found
 
 
+@pytest.mark.slow
 def test_a_killed_streaming_predict_leaves_every_finished_row(tmp_path):
     _digits(tmp_path / "digits", 1500)
     out = tmp_path / "rows.jsonl"
