@@ -22,6 +22,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from gpu_check_probes import compare_states  # beside this file: scripts/ is first on the path
+
 BUDGET_S = float(os.environ.get("GPU_CHECK_BUDGET_S", "450"))  # the issue's 8 minutes, less the install
 # A rehearsal of the script's own machinery on a machine without a GPU (every CUDA-specific verdict then
 # fails): GPU_CHECK_DEVICE=cpu GPU_CHECK_EPOCHS=2 with a small MNIST. Left unset on the GPU.
@@ -152,16 +154,6 @@ def _stop_after_epoch(c: Check, cmd: list[str], epoch: int, limit: float) -> tup
         out, err = proc.communicate()
     c.log("resume", cmd, proc.returncode, out, "".join(seen) + err)
     return proc.returncode, "".join(seen) + err
-
-
-def compare_states(a: Path, b: Path) -> dict[str, Any]:
-    """Two weights files' floating-point tensors: bit-identical or not, and their largest difference."""
-    from safetensors.numpy import load_file
-
-    x, y = load_file(str(a)), load_file(str(b))
-    diffs = [float(abs(x[k].astype("float64") - y[k].astype("float64")).max()) for k in x if x[k].dtype.kind == "f"]
-    return {"bit_identical": all((x[k] == y[k]).all() for k in x) and x.keys() == y.keys(),
-            "max_abs_diff": max(diffs, default=0.0)}
 
 
 def step_resume(c: Check, straight: dict[str, Any]) -> None:

@@ -80,3 +80,13 @@ def nccl_probe() -> dict[str, Any]:
         diff = max(float((p - q).abs().max()) for p, q in zip(plain.model.parameters(), ddp.model.parameters()))
         return {"backend": joined.backend, "world_size": ctx.world_size, "all_reduce_ok": all_reduce_ok,
                 "ddp_max_diff": diff, "device": str(device)}
+
+
+def compare_states(a: Path, b: Path) -> dict[str, Any]:
+    """Two weights files' floating-point tensors: bit-identical or not, and their largest difference."""
+    from safetensors.numpy import load_file
+
+    x, y = load_file(str(a)), load_file(str(b))
+    diffs = [float(abs(x[k].astype("float64") - y[k].astype("float64")).max()) for k in x if x[k].dtype.kind == "f"]
+    return {"bit_identical": all((x[k] == y[k]).all() for k in x) and x.keys() == y.keys(),
+            "max_abs_diff": max(diffs, default=0.0)}
