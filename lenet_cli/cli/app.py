@@ -23,7 +23,7 @@ from lenet_cli.errors import EXIT_FAILURE, EXIT_INTERRUPTED, LenetError, first_l
 
 app = typer.Typer(
     name="lenet",
-    help="Train, evaluate, run, export and benchmark LeNet-5 on MNIST.\n\n"
+    help="Train, evaluate, run, export, benchmark and serve LeNet-5 on MNIST.\n\n"
     "Every command works right after install with the bundled model; "
     "run `lenet COMMAND --help` for options and examples.",
     no_args_is_help=True,
@@ -118,7 +118,7 @@ def _main(
     ] = False,
     debug: Annotated[bool, typer.Option("--debug", help="Show full tracebacks on errors.")] = False,
 ) -> None:
-    """Train, evaluate, run, export and benchmark LeNet-5 on MNIST."""
+    """Train, evaluate, run, export, benchmark and serve LeNet-5 on MNIST."""
     if debug:
         state["debug"] = True
 
