@@ -8,7 +8,7 @@ Image kinds, each posted as raw image/png or image/jpeg bodies with its true lab
   drawing-1mp: a 1155x866 PNG drawing, dark ink on white;
   photo: real phone photos and scans of digits from the drawn-dev set (--photos).
 Both servers run as `--workers` uvicorn processes on one port: `lenet serve --workers N`, and
-uvicorn on `bare_app` below (reads the upload, answers {"size": ...}). Each client is a thread
+uvicorn on `bare_app` below (reads the upload, answers {"bytes": ...}). Each client is a thread
 with one keep-alive connection (http.client), timing each request from send to parsed answer; the
 clients run on the same machine as the servers. Prints req/s and p50/p99 per kind and server, and
 the ratio lenet/bare. --soak: every client posts every kind in turn for that many seconds; every
@@ -27,25 +27,16 @@ import threading
 import time
 from pathlib import Path
 
+from lenet_cli.bench.bare_server import create_app
+
 # The checkout's neighbour `shared/` (a worktree sits one level deeper): where the real-image sets live.
 REALWORLD = next((p / "shared" / "realworld" / "drawn-dev" for p in Path(__file__).resolve().parents[1:4]
                   if (p / "shared" / "realworld" / "drawn-dev").is_dir()), Path("shared/realworld/drawn-dev"))
 PHOTO_SETS = ("ericadgjl-huang_Handwriting_Recognition", "Abhighule24_", "ashishdasu_", "PratikPatil0810_")
 
 
-def _bare_app():
-    from fastapi import FastAPI, Request
-
-    app = FastAPI()
-
-    @app.post("/api/predict")
-    async def predict(request: Request) -> dict:
-        return {"size": len(await request.body())}
-
-    return app
-
-
-bare_app = _bare_app() if __name__ != "__main__" else None  # what uvicorn imports in the bare processes
+# The bare endpoint is `lenet bench --serve`'s (lenet_cli/bench/bare_server.py); uvicorn imports it from here.
+bare_app = create_app() if __name__ != "__main__" else None
 
 
 def canvas_png(label: int, size: tuple[int, int] = (280, 280), dark_on_white: bool = False) -> bytes:

@@ -1,7 +1,7 @@
 """The bare upload endpoint `lenet bench --serve` compares `lenet serve` with: `python -m lenet_cli.bench.bare_server PORT`.
 
-FastAPI on uvicorn with `lenet serve`'s uvicorn settings (log level, no access log, the same
-concurrency limit), one process. `POST /api/predict` reads the whole upload and answers a small
+FastAPI on uvicorn with `lenet serve`'s uvicorn settings (log level, no access log, no
+connection-count limit), one process. `POST /api/predict` reads the whole upload and answers a small
 JSON object; `GET /api/health` answers {"ok": true}. Nothing is decoded or classified: it is the
 cost of the HTTP stack alone, the ceiling a server that does real work can approach.
 """
@@ -9,8 +9,6 @@ cost of the HTTP stack alone, the ceiling a server that does real work can appro
 # No `from __future__ import annotations`: FastAPI reads the endpoint's `Request` annotation at run time,
 # and it is imported inside create_app, where a string annotation could not be resolved.
 import sys
-
-MAX_CONNECTIONS = 64  # lenet serve's limit_concurrency (serve/server.py), so both refuse at the same point
 
 
 def create_app():
@@ -36,7 +34,7 @@ def main(argv: list[str]) -> int:
     import uvicorn
 
     uvicorn.run(create_app(), host="127.0.0.1", port=int(argv[0]), log_level="warning", access_log=False,
-                limit_concurrency=MAX_CONNECTIONS, lifespan="off")
+                lifespan="off")
     return 0
 
 

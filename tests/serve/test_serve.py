@@ -21,16 +21,22 @@ import handwriting
 import numpy as np
 import pytest
 import typer
+from procs import alive, children
 from typer.testing import CliRunner
 
 from lenet_cli import __version__, api
 from lenet_cli.cli.app import app as cli_app
 from lenet_cli.inference.pipeline import PredictConfig, iter_predictions
+from lenet_cli.model.weights import bundled_onnx_path, bundled_weights_path
 from lenet_cli.serve.app import create_app
-from lenet_cli.serve.classify import MAX_UPLOAD_BYTES, MAX_UPLOAD_PIXELS, ServeConfig, served_model
+from lenet_cli.serve.classify import (
+    MAX_UPLOAD_BYTES,
+    MAX_UPLOAD_PIXELS,
+    ServeConfig,
+    served_model,
+)
 from lenet_cli.serve.server import bind, run
 from lenet_cli.utils.signals import StopSignal
-from lenet_cli.model.weights import bundled_onnx_path, bundled_weights_path
 
 
 def png_bytes(img) -> bytes:
@@ -416,23 +422,15 @@ def test_serving_processes_end_with_a_parent_killed_outright():
     """SIGKILL gives `lenet serve` no chance to stop its processes: they notice and stop themselves,
     instead of serving on as orphans that hold the port."""
     proc, url, _ = start_serve("--workers", "2")
-    children = [int(stat.parent.name) for stat in Path("/proc").glob("[0-9]*/stat")
-                if _parent_of(stat) == proc.pid]
-    assert len(children) >= 2, children  # the two serving processes (and multiprocessing's helpers)
+    workers = children(proc.pid)
+    assert len(workers) >= 2, workers  # the two serving processes (and multiprocessing's helpers)
     proc.kill()
     proc.communicate(timeout=30)
     deadline = time.monotonic() + 20
-    while time.monotonic() < deadline and any(Path(f"/proc/{pid}").exists() for pid in children):
+    while time.monotonic() < deadline and alive(workers):
         time.sleep(0.1)
-    assert not any(Path(f"/proc/{pid}").exists() for pid in children), children
+    assert not alive(workers), workers
     host, port = url.removeprefix("http://").rsplit(":", 1)
     with pytest.raises(OSError):  # nobody listens on the port any more
         socket.create_connection((host, int(port)), timeout=2).close()
 
-
-def _parent_of(stat: Path) -> int | None:
-    """The parent pid in a /proc/PID/stat file, or None when the process is gone."""
-    try:
-        return int(stat.read_text().rsplit(")", 1)[1].split()[1])
-    except (OSError, IndexError, ValueError):
-        return None

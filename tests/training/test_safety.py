@@ -11,6 +11,7 @@ import time
 from pathlib import Path
 
 import pytest
+from procs import alive, children
 from typer.testing import CliRunner
 
 from lenet_cli.cli.app import app
@@ -249,20 +250,6 @@ def test_predict_streams_every_row_to_stdout_and_to_a_file(tmp_path, suffix):
 
 
 @pytest.mark.slow
-def _children(pid: int) -> list[int]:
-    """The processes whose parent is `pid` (Linux's /proc)."""
-    found = []
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        try:
-            fields = stat.read_text().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        if int(fields[1]) == pid:
-            found.append(int(stat.parent.name))
-    return found
-
-
-@pytest.mark.slow
 def test_a_killed_streaming_predict_leaves_every_finished_row(tmp_path):
     _digits(tmp_path / "digits", 1500)
     out = tmp_path / "rows.jsonl"
@@ -271,16 +258,16 @@ def test_a_killed_streaming_predict_leaves_every_finished_row(tmp_path):
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline and (not out.exists() or out.read_text().count("\n") < 256):
         time.sleep(0.05)
-    workers = _children(proc.pid)
+    workers = children(proc.pid)
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     lines = out.read_text().splitlines()
     assert 256 <= len(lines) < 1500, len(lines)  # killed mid-way, after at least one batch
     # Its preprocessing workers end with it, instead of sleeping on as orphans.
     deadline = time.monotonic() + 10
-    while time.monotonic() < deadline and any(Path(f"/proc/{pid}").exists() for pid in workers):
+    while time.monotonic() < deadline and alive(workers):
         time.sleep(0.1)
-    assert workers and not any(Path(f"/proc/{pid}").exists() for pid in workers), workers
+    assert workers and not alive(workers), workers
     rows = [json.loads(line) for line in lines]  # every line whole
     full = invoke("predict", tmp_path / "digits", "--jsonl")
     expected = [json.loads(line) for line in full.stdout.splitlines()][: len(rows)]
