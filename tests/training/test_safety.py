@@ -247,6 +247,9 @@ def test_predict_streams_every_row_to_stdout_and_to_a_file(tmp_path, suffix):
         assert [json.loads(line) for line in out.read_text().splitlines()] == lines
     table = invoke("predict", tmp_path / "digits")
     assert table.exit_code == 0 and "the first 200 of 300 files" in table.stdout
+    glimpse = invoke("predict", tmp_path / "digits", "--output", tmp_path / "again.jsonl")
+    assert glimpse.exit_code == 0 and "the first 20 of 300 files; every row is in" in glimpse.stdout
+    assert len((tmp_path / "again.jsonl").read_text().splitlines()) == 300
 
 
 @pytest.mark.slow
