@@ -320,3 +320,20 @@ def test_a_steep_line_is_how_people_write_a_one_and_gets_no_note(angle):
     from lenet_cli.data.preprocess import shape_notes
 
     assert shape_notes(_line(angle)) == []
+
+
+@pytest.mark.parametrize("fmt", ["PNG", "WEBP"])
+def test_an_orientation_is_honoured_in_every_format_that_holds_one(tmp_path, fmt):
+    """Orientation is looked up only where an image can hold one: a PNG's or a WebP's EXIF is still read."""
+    from PIL import Image
+
+    from lenet_cli.data.sources import load_gray
+
+    upright = np.zeros((30, 20), np.uint8)
+    upright[2:8, 3:17] = 255  # a bar near the top
+    exif = Image.Exif()
+    exif[0x0112] = 3  # stored upside down: rotate 180 to display
+    path = tmp_path / f"rotated.{fmt.lower()}"
+    Image.fromarray(upright[::-1, ::-1].copy()).save(path, format=fmt, exif=exif, **({"lossless": True} if fmt == "WEBP" else {}))
+    gray, _ = load_gray(path)
+    assert np.array_equal(np.round(gray * 255).astype(np.uint8), upright)
