@@ -25,6 +25,7 @@ ROBUST_ROUNDS = 4
 # without being flat everywhere, so the robust fit is skipped and the field is that level.
 FLAT_SPREAD = 0.005
 FLAT_BAND = 0.02
+MAX_COEFFICIENT = 1e3  # a lighting surface's coefficients are O(1): larger ones mean a singular fit
 SIGMA_SAMPLE = 8192  # pixels the polarity test's noise scale is measured on
 
 
@@ -170,12 +171,21 @@ def _surface(coef: np.ndarray, h: int, w: int) -> np.ndarray:
 def _least_squares(basis: np.ndarray, products: np.ndarray, values: np.ndarray, keep: np.ndarray) -> np.ndarray:
     """The least-squares coefficients over the kept pixels, from the 6x6 normal equations.
 
-    lstsq on the small system gives the same minimum-norm answer as on the tall one
-    (pinv(B'B) B' = pinv(B)), including for a one-row image whose y and y^2 are constant.
+    np.linalg.solve first (a fifth of lstsq's cost, and the fit runs up to four times per photo);
+    a singular system, or a nearly singular one (coefficients far beyond any lighting's: grey levels
+    are in [0, 1] and x, y in [-0.5, 0.5]), takes lstsq's minimum-norm answer, which is the
+    tall system's (pinv(B'B) B' = pinv(B)), as for a one-row image whose y and y^2 are constant.
     """
     mask = keep.astype(np.float64)
     normal = (mask @ products).reshape(6, 6)
-    return np.linalg.lstsq(normal, (mask * values) @ basis, rcond=None)[0]
+    rhs = (mask * values) @ basis
+    try:
+        coef = np.linalg.solve(normal, rhs)
+        if np.all(np.abs(coef) < MAX_COEFFICIENT):
+            return coef
+    except np.linalg.LinAlgError:
+        pass
+    return np.linalg.lstsq(normal, rhs, rcond=None)[0]
 
 
 def residual_from_lighting(gray: np.ndarray) -> tuple[np.ndarray, float]:
