@@ -140,6 +140,7 @@ def add_predict_route(app: Any, model: ServedModel, cfg: ServeConfig) -> None:
     `cfg.limits.max_queued` requests wait for or are in the model; more are answered 503 at once."""
     import anyio
     from fastapi import Query, Request
+    from fastapi.responses import JSONResponse
 
     limiter: list[Any] = []  # the CapacityLimiter, made on the server's event loop at first use
     queued = [0]  # requests whose body is in, waiting for a thread or classified now
@@ -170,4 +171,6 @@ def add_predict_route(app: Any, model: ServedModel, cfg: ServeConfig) -> None:
         if row.get("error"):
             return error(row["error"], row["error_kind"])
         app.state.requests += 1  # images classified: a failed upload is not one
-        return row
+        # The row is plain JSON already (str, int, float, bool, lists): FastAPI's own encoding of a
+        # returned dict walked it again, a tenth of the HTTP stack's time per request.
+        return JSONResponse(row)
