@@ -1,4 +1,10 @@
-"""The fast preprocessing gives the reference's 28x28 output (tests/data/preprocess_reference.py) exactly."""
+"""The fast preprocessing gives the reference's 28x28 output (tests/data/preprocess_reference.py) exactly.
+
+Exactly on these inputs. The lighting fit (a flat-background shortcut, a 32-pixel copy) enters the
+output only through two decisions, the polarity and whether the background map runs; on real
+images they differ from the reference's on 3 of 7,591 (docs/performance.md), with the same
+validation figures.
+"""
 
 from __future__ import annotations
 
@@ -82,6 +88,30 @@ def test_a_one_row_image_still_fits_its_lighting():
     gray = np.linspace(0.2, 0.8, 50, dtype=np.float32)[None, :]  # y and y^2 are constant: a singular basis
     residual, spread = lighting.residual_from_lighting(gray)
     assert residual.shape == (1, 50) and np.isfinite(residual).all() and spread > 0.5
+
+
+def test_a_flat_background_skips_the_fit_and_a_lit_centre_does_not():
+    """An even border with most of the picture at its level is a flat field (range 0, the residual the
+    image minus that level); a spotlight inside an even border is still fitted and followed."""
+    canvas = np.zeros((280, 280), np.float32)
+    canvas[60:220, 120:150] = 1.0  # a white bar on black: the serve page's canvas
+    residual, spread = lighting.residual_from_lighting(canvas)
+    assert spread == 0.0 and np.array_equal(residual, canvas)
+    y, x = np.mgrid[-1:1:200j, -1:1:200j]
+    lit = np.maximum(0.9 - 0.5 * (x**2 + y**2), 0.4).astype(np.float32)  # a spotlight; the rim, even, at 0.4
+    lit[80:120, 60:140] -= 0.3  # dark ink
+    residual, spread = lighting.residual_from_lighting(lit)
+    assert spread > lighting.MIN_CONTRAST  # fitted: the background map will follow the light
+    want, got = reference.to_mnist(lit), preprocess.to_mnist(lit)
+    assert np.array_equal(want.pixels, got.pixels) and want.inverted == got.inverted
+
+
+def test_the_fit_solves_a_regular_system_as_lstsq_does():
+    basis, products = lighting._basis(32, 32)
+    values = np.random.default_rng(0).random(32 * 32)
+    keep = values < 0.8
+    want = np.linalg.lstsq(basis[keep], values[keep], rcond=None)[0]
+    assert np.allclose(lighting._least_squares(basis, products, values, keep), want, rtol=1e-9, atol=1e-12)
 
 
 def test_a_big_jpeg_is_decoded_in_draft_mode_but_not_below_the_minimum_side():
