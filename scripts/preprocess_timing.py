@@ -38,6 +38,7 @@ import preprocess_reference as reference  # noqa: E402
 from lenet_cli.bench import images  # noqa: E402
 from lenet_cli.data import preprocess as fast  # noqa: E402
 from lenet_cli.data.sources import DECODE_MIN_SIDE, load_gray_bytes  # noqa: E402
+from lenet_cli.utils.memory import reuse_freed_memory  # noqa: E402
 
 DRAWN_DEV = Path(os.environ.get("LENET_DRAWN_DEV_DIR", ROOT.parent / "shared" / "realworld" / "drawn-dev"))
 PHONE_SOURCE = "7/Sourav-02121996_Recognition-using-Deep-Networks_7.JPEG"  # a real phone photo, 2300x2405
@@ -102,6 +103,8 @@ def time_kind(files: list[bytes], repeats: int) -> dict[str, dict[str, float]]:
 PEAK_CODE = """
 import sys
 sys.path.insert(0, {tests!r})
+from lenet_cli.utils.memory import reuse_freed_memory
+reuse_freed_memory()
 from lenet_cli.data.sources import load_gray
 import preprocess_reference, lenet_cli.data.preprocess as fast
 from lenet_cli.data.sources import DECODE_MIN_SIDE
@@ -126,6 +129,7 @@ def main() -> None:
     parser.add_argument("--cpu", type=int, default=None, help="pin to this core (default: not pinned)")
     parser.add_argument("--json", action="store_true", help="print the figures as JSON")
     args = parser.parse_args()
+    reuse_freed_memory()  # as `lenet predict` and `lenet serve` do, for both implementations
     if args.cpu is not None:
         os.sched_setaffinity(0, {args.cpu})
     results = {}

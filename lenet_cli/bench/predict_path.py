@@ -51,6 +51,9 @@ def _kinds(job: dict[str, Any]) -> dict[str, list[bytes]]:
 def measure_preprocess(job: dict[str, Any]) -> dict[str, Any]:
     """Median ms per image, per kind: decode + preprocessing, and preprocessing alone."""
     from lenet_cli.data.preprocess import to_mnist
+    from lenet_cli.utils.memory import reuse_freed_memory
+
+    reuse_freed_memory()  # as `lenet predict` and `lenet serve` do
     from lenet_cli.data.sources import load_gray_bytes
 
     rows = []
@@ -101,6 +104,10 @@ def plain_loop(files: list[Path], onnx: Path, out) -> int:
 
 def measure_folder(job: dict[str, Any]) -> dict[str, Any]:
     """files/s of one pipeline ("lenet" or "plain") over the mix in job["folders"], rows to a file."""
+    if job["pipeline"] != "plain":
+        from lenet_cli.utils.memory import reuse_freed_memory
+
+        reuse_freed_memory()  # as `lenet predict` does
     files = sorted(p for f in job["folders"] for p in Path(f).iterdir())
     rows_path = Path(job["rows"])
     start = time.perf_counter()

@@ -23,6 +23,7 @@ from lenet_cli.cli.options import (
 )
 from lenet_cli.devices import DEVICE_HELP
 from lenet_cli.errors import EXIT_FAILURE, IMAGE_HINTS, UnsureError, UsageError
+from lenet_cli.utils.memory import reuse_freed_memory
 
 # A panel of its own: --invert/--no-invert's second column would narrow every other option's help.
 PREPROCESSING = "Preprocessing"
@@ -84,6 +85,7 @@ def predict(
     computed and memory stays flat; the table shows the first 200 rows (20 with
     --output, whose file has every row).
     """
+    reuse_freed_memory()  # this process and its workers preprocess images: utils/memory.py
     if jsonl and json_out:
         raise UsageError("--json and --jsonl are two formats of the same rows; choose one.",
                          "--jsonl streams one object per line; --json prints one document at the end.")
@@ -96,7 +98,9 @@ def predict(
             report = api.predict(request, events)
     else:
         report = run_and_show(api.predict, request, lambda r: render(r, top_k), json_out)
-    if report_failures(report, "the JSON" if json_out or jsonl else "the table"):
+    # With --output the table shows 20 rows: the failed ones are in the file.
+    where = "the JSON" if json_out or jsonl else (str(output) if output is not None else "the table")
+    if report_failures(report, where):
         raise typer.Exit(EXIT_FAILURE)
     if report.unsure and report.first_unsure is not None:
         first = report.first_unsure

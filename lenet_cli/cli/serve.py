@@ -14,6 +14,7 @@ import typer
 from lenet_cli import api
 from lenet_cli.cli.console import RichEvents, note
 from lenet_cli.cli.options import WeightsOpt, examples
+from lenet_cli.utils.memory import reuse_freed_memory
 
 EPILOG = examples(
     "lenet serve  # http://127.0.0.1:8000/ : draw a digit",
@@ -56,6 +57,7 @@ def serve(
     closed; over 64 images waiting for the model, or 256 MiB of bodies
     held at once: 503 with Retry-After. Details: docs/serving.md.
     """
+    reuse_freed_memory()  # every request preprocesses an image: utils/memory.py
     request = api.ServeRequest(host=host, port=port, weights=weights, workers=workers)
     with RichEvents() as events:
         report = api.serve(request, events)

@@ -14,102 +14,25 @@ import math
 
 import numpy as np
 
+from lenet_cli.data.order_stats import median
+
 MIN_CONTRAST = 0.06  # ink must differ from the background by ~15 grey levels
-FIT_SIDE = 32  # lighting is smooth: the surface is fitted on a copy this size ...
+FIT_SIDE = 64  # lighting is smooth: the surface is fitted on a copy this size ...
 RESIDUAL_SIDE = 256  # ... and the departures from it taken at this size, where a thin stroke still shows
 BACKGROUND_SIDE = 64  # the background map's working size (rank filters cost size^2 per pixel)
 BACKGROUND_FILTER = 15  # wider than any stroke at BACKGROUND_SIDE: the opening keeps only the lighting
 ROBUST_ROUNDS = 4
-# A border this even (under about one grey level of spread) with most of the picture at its level is a
-# flat background (a canvas, a drawing program's export): no quadratic is flat along the whole border
-# without being flat everywhere, so the robust fit is skipped and the field is that level.
+# A flat background (a canvas, a drawing program's export), for which the robust fit is skipped: a
+# border this even (under about one grey level of spread), most of the picture at its level, and at
+# most FLAT_BETWEEN of it neither at that level nor clearly ink. A shadow or a spotlight is made of
+# such in-between values (28-36% of the picture in the tests); a canvas's anti-aliased edges are 1-3%.
 FLAT_SPREAD = 0.005
 FLAT_BAND = 0.02
-MAX_COEFFICIENT = 1e3  # a lighting surface's coefficients are O(1): larger ones mean a singular fit
-SIGMA_SAMPLE = 8192  # pixels the polarity test's noise scale is measured on
-
-
-BRACKET_FROM = 8192  # elements from which a selection first narrows the array down (_select)
-SAMPLE_SIZE = 1024  # every (n // SAMPLE_SIZE)-th element estimates where the wanted ranks lie
-SAMPLE_MARGIN = 48  # sample ranks either side of the estimate: the bracket misses about once in 10^6
-
-
-def _select(flat: np.ndarray, ranks: list[int]) -> list[float]:
-    """The elements at `ranks` (sorted, distinct) of `flat` in sorted order: np.partition's answer, exactly.
-
-    A large array is first narrowed to the values between two bounds read from a sorted sample
-    (three comparison passes, a few tens of microseconds), so that the selection runs on a tenth
-    of it; a full partition of a 200x200 image cost 0.27 ms. Counting what lies below, inside and
-    above the bounds proves the ranks are inside (NaNs fail the count); if not, the whole array
-    is partitioned, as before.
-    """
-    n = flat.size
-    if n >= BRACKET_FROM:
-        # An odd step: an even one on a 256-wide image (step 64) read only 4 of its columns, the
-        # bounds missed the canvas's ranks half the time, and the whole array was partitioned.
-        sample = np.sort(flat[:: (n // SAMPLE_SIZE) | 1])
-        m = sample.size
-        lo = sample[max(0, ranks[0] * m // n - SAMPLE_MARGIN)]
-        hi = sample[min(m - 1, ranks[-1] * m // n + SAMPLE_MARGIN)]
-        below = int(np.count_nonzero(flat < lo))
-        inside = flat[(flat >= lo) & (flat <= hi)]
-        above = int(np.count_nonzero(flat > hi))
-        if below + inside.size + above == n and below <= ranks[0] and ranks[-1] < below + inside.size:
-            return _partition_at(inside, [r - below for r in ranks])
-    return _partition_at(flat, ranks)
-
-
-def _partition_at(a: np.ndarray, ranks: list[int]) -> list[float]:
-    """The order statistics at `ranks` (one rank, or two; sorted) of `a`, as np.partition finds them.
-
-    numpy 2.x selects a single kth with a SIMD routine that on this AVX2 EPYC beats the introselect
-    a list of ranks gets (fresh arrays: 38 against 42 us on 3,600 float64s, 40 against 68 us on
-    6,000 float32s). Two neighbouring ranks, as every even-sized median needs, are then one
-    selection of the upper and a max of what lies below it: the same value, without a second pass
-    of the selection. A NaN at the rank (numpy puts NaNs last) takes the plain way.
-    """
-    if len(ranks) == 2 and ranks[1] == ranks[0] + 1:
-        part = np.partition(a, ranks[1])
-        upper = part[ranks[1]]
-        if not np.isnan(upper):
-            return [float(part[: ranks[1]].max()), float(upper)]
-    if len(ranks) == 1:
-        return [float(np.partition(a, ranks[0])[ranks[0]])]
-    part = np.partition(a, ranks)
-    return [float(part[r]) for r in ranks]
-
-
-def median(a: np.ndarray) -> float:
-    """The median, equal to numpy's over float64 on every platform, without the float64 copy.
-
-    Selecting in float32 finds the same middle elements as float64 would; only their mean is
-    taken in float64, as np.median does.
-    """
-    flat = np.ravel(a)
-    n = flat.size
-    k = n // 2
-    if n % 2:
-        return _select(flat, [k])[0]
-    below, middle = _select(flat, [k - 1, k])
-    return (below + middle) / 2.0
-
-
-def quantile(a: np.ndarray, q: float) -> float:
-    """np.quantile(a, q) over float64 (linear interpolation), without the float64 copy.
-
-    The same arithmetic as numpy's "linear" method (its virtual index and its two-sided lerp),
-    on the two elements a float32 partition puts in place.
-    """
-    flat = np.ravel(a)
-    n = flat.size
-    virtual = (n - 1) * q  # numpy's "linear"
-    below = min(max(math.floor(virtual), 0), n - 1)
-    above = min(below + 1, n - 1)
-    gamma = virtual - below
-    picked = _select(flat, sorted({below, above}))
-    lo, hi = picked[0], picked[-1]
-    diff = hi - lo
-    return hi - diff * (1.0 - gamma) if gamma >= 0.5 else lo + diff * gamma
+FLAT_INK = 0.25
+FLAT_BETWEEN = 0.05
+MAX_CONDITION = 1e10  # the 6x6 system's condition (1-norm) past which only lstsq's minimum-norm answer is safe
+SAMPLE_PIXELS = 8192  # pixels a share or a noise scale is measured on
+ROBUST_SAMPLE = 1024  # kept pixels the robust fit's spread is measured on, each round
 
 
 def border(a: np.ndarray) -> np.ndarray:
@@ -153,6 +76,14 @@ def _basis(h: int, w: int) -> tuple[np.ndarray, np.ndarray]:
     return basis, products
 
 
+@functools.lru_cache(maxsize=32)
+def _basis_t(h: int, w: int) -> np.ndarray:
+    """_basis(h, w)'s basis transposed to (6, h*w), contiguous: the fit's values in half the time."""
+    out = np.ascontiguousarray(_basis(h, w)[0].T)
+    out.flags.writeable = False
+    return out
+
+
 def _surface(coef: np.ndarray, h: int, w: int) -> np.ndarray:
     """The fitted surface at (h, w) as float32, evaluated separably (no (h*w, 6) basis at that size).
 
@@ -171,21 +102,36 @@ def _surface(coef: np.ndarray, h: int, w: int) -> np.ndarray:
 def _least_squares(basis: np.ndarray, products: np.ndarray, values: np.ndarray, keep: np.ndarray) -> np.ndarray:
     """The least-squares coefficients over the kept pixels, from the 6x6 normal equations.
 
-    np.linalg.solve first (a fifth of lstsq's cost, and the fit runs up to four times per photo);
-    a singular system, or a nearly singular one (coefficients far beyond any lighting's: grey levels
-    are in [0, 1] and x, y in [-0.5, 0.5]), takes lstsq's minimum-norm answer, which is the
+    np.linalg.inv first (a fifth of lstsq's cost, and the fit runs up to four times per photo); a
+    singular or ill-conditioned system (kept pixels along one row, or on one conic, where a solve
+    returns arbitrary coefficients without failing) takes lstsq's minimum-norm answer, which is the
     tall system's (pinv(B'B) B' = pinv(B)), as for a one-row image whose y and y^2 are constant.
     """
     mask = keep.astype(np.float64)
     normal = (mask @ products).reshape(6, 6)
     rhs = (mask * values) @ basis
     try:
-        coef = np.linalg.solve(normal, rhs)
-        if np.all(np.abs(coef) < MAX_COEFFICIENT):
-            return coef
+        inverse = np.linalg.inv(normal)
+        if np.abs(normal).sum(axis=0).max() * np.abs(inverse).sum(axis=0).max() < MAX_CONDITION:
+            return inverse @ rhs
     except np.linalg.LinAlgError:
         pass
     return np.linalg.lstsq(normal, rhs, rcond=None)[0]
+
+
+def _sample(a: np.ndarray, n: int) -> np.ndarray:
+    """About `n` of the pixels of `a`, every k-th, k sharing no factor with the width: each column is visited."""
+    flat = np.ravel(a)
+    step, width = max(1, flat.size // n), a.shape[-1]
+    while math.gcd(step, width) != 1:
+        step += 1
+    return flat[::step]
+
+
+def _is_flat(small: np.ndarray, level: float) -> bool:
+    """Almost no pixel between the background's level and clear ink (see FLAT_BETWEEN)."""
+    away = np.abs(_sample(small, SAMPLE_PIXELS) - np.float32(level))
+    return np.count_nonzero((away > FLAT_BAND) & (away < FLAT_INK)) <= FLAT_BETWEEN * away.size
 
 
 def residual_from_lighting(gray: np.ndarray) -> tuple[np.ndarray, float]:
@@ -196,7 +142,7 @@ def residual_from_lighting(gray: np.ndarray) -> tuple[np.ndarray, float]:
     The field is a quadratic surface fitted robustly (pixels far from the fit, i.e.
     ink of either polarity, are dropped and the fit repeated), so it follows a gradient
     or a broad shadow across a photo of paper without knowing yet whether the ink is
-    dark or bright. Lighting is smooth, so the fit runs on a 32-pixel copy (cheap); the
+    dark or bright. Lighting is smooth, so the fit runs on a 64-pixel copy (cheap); the
     residual is taken at 256 pixels, where a thin stroke is still visible.
 
     The first fit uses only the pixels close to the border's level, which is the paper's
@@ -205,7 +151,8 @@ def residual_from_lighting(gray: np.ndarray) -> tuple[np.ndarray, float]:
     followed the strokes, the background map kept their middles, and they came out
     hollow, a thick 1 read as a 0.
 
-    A flat background (an even border, most of the picture at its level) skips the fit.
+    A flat background (an even border, most of the picture at its level, almost nothing between
+    that level and clear ink) skips the fit.
     """
     # One pass over the full image: the fit's copy is made from the residual's (a 12 MP photo or a
     # 1 MP drawing paid for two full-size resizes). Up to 1.5x RESIDUAL_SIDE the image is used as it is:
@@ -219,15 +166,18 @@ def residual_from_lighting(gray: np.ndarray) -> tuple[np.ndarray, float]:
     coef[0] = median(edge)
     spread = 1.4826 * median(np.abs(edge - coef[0])) + 1e-3
     near = np.abs(values - coef[0])
-    if spread < FLAT_SPREAD and 2 * np.count_nonzero(near < FLAT_BAND) >= values.size:
+    if spread < FLAT_SPREAD and 2 * np.count_nonzero(near < FLAT_BAND) >= values.size and _is_flat(small, coef[0]):
         return small - np.float32(coef[0]), 0.0
     keep = near < max(3 * spread, 0.1)
     for _ in range(ROBUST_ROUNDS):
         if np.count_nonzero(keep) < basis.shape[1] * 4:
             break
         coef = _least_squares(basis, products, values, keep)
-        res = values - basis @ coef
+        res = values - coef @ _basis_t(*tiny.shape)  # basis @ coef
+        # The spread of the kept residuals from about a thousand of them: two selections over all
+        # ~3,000 cost 0.1 ms a round, most of the fit's time.
         kept = res[keep]
+        kept = kept[:: max(1, kept.size // ROBUST_SAMPLE)]
         sigma = 1.4826 * median(np.abs(kept - median(kept))) + 1e-3
         again = np.abs(res) < max(3 * sigma, 0.02)
         # A fixed point: the same pixels give the same coefficients (the same arithmetic on the
@@ -250,10 +200,9 @@ def dark_ink(residual: np.ndarray, gray: np.ndarray) -> bool:
     photo of white paper is often mid-grey). With no clear departure either way, the
     border decides: a light border means light paper.
     """
-    # The noise scale from every k-th pixel (k odd, so no column is favoured): a spread needs
-    # thousands of samples, not the 65,536 of a 256x256 residual (two selections over it cost 0.2 ms).
-    flat = np.ravel(residual)
-    sample = flat[:: max(1, flat.size // SIGMA_SAMPLE) | 1]
+    # The noise scale from a sample: a spread needs thousands of pixels, not the 65,536 of a
+    # 256x256 residual (two selections over it cost 0.2 ms).
+    sample = _sample(residual, SAMPLE_PIXELS)
     sigma = 1.4826 * median(np.abs(sample - np.float32(median(sample))))
     t = max(MIN_CONTRAST, 5 * sigma)
     dark = float(-residual[residual < -t].sum())

@@ -36,12 +36,11 @@ from lenet_cli.data.lighting import (
     background_map,
     border,
     dark_ink,
-    median,
     pad_zeros,
-    quantile,
     rank_filter,
     residual_from_lighting,
 )
+from lenet_cli.data.order_stats import median, quantile
 from lenet_cli.data.shape_notes import NOT_A_DIGIT, shape_notes
 from lenet_cli.data.sources import MAX_PIXELS, load_gray_bytes, load_source
 from lenet_cli.errors import ImageError

@@ -26,6 +26,7 @@ import numpy as np
 from lenet_cli.data.preprocess import Prepared, prepare_file, shape_notes
 from lenet_cli.data.sources import STDIN
 from lenet_cli.errors import ImageError, first_line
+from lenet_cli.utils.memory import reuse_freed_memory
 from lenet_cli.utils.signals import follow_parent
 
 POOL_FROM_FILES = 64  # below this, starting processes costs more than it saves
@@ -79,6 +80,7 @@ def _quiet_worker(parent: int) -> None:
 
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     follow_parent(parent, lambda: os._exit(0))
+    reuse_freed_memory()  # inherited with fork; spawned workers set it here
 
 
 def _context():

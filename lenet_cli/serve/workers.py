@@ -23,6 +23,7 @@ from typing import Any, Callable
 from lenet_cli.errors import LenetError, ServeError, first_line
 from lenet_cli.serve.classify import ServeConfig
 from lenet_cli.serve.server import url_of
+from lenet_cli.utils.memory import reuse_freed_memory
 from lenet_cli.utils.signals import StopSignal, follow_parent
 
 START_TIMEOUT_S = 120.0  # a process that is not serving by then has failed to start (a loaded machine is slow)
@@ -54,6 +55,7 @@ def _serve_one(spec: WorkerSpec, sock: socket.socket, ready: Any, count: Any, pa
     # A parent killed outright cannot send SIGTERM: the process sends it to itself (a graceful stop),
     # instead of serving on as an orphan that holds the port.
     follow_parent(parent, lambda: os.kill(os.getpid(), signal.SIGTERM))
+    reuse_freed_memory()  # every request preprocesses an image: utils/memory.py
     from lenet_cli.serve.app import create_app
     from lenet_cli.serve.classify import served_model
     from lenet_cli.serve.server import run

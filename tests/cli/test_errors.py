@@ -225,6 +225,9 @@ def test_several_failed_images_are_summed_up(tmp_path, digit_png):
     (tmp_path / "a.png").write_text("text")
     result = invoke("predict", tmp_path / "a.png", tmp_path / "missing.png", digit_png)
     assert_clean_error(result, 1, "2 of 3 file(s)", "see the table", "a.png: not an image")
+    rows = tmp_path / "rows.jsonl"  # the table shows 20 rows with --output: the summary points at the file
+    result = invoke("predict", tmp_path / "a.png", tmp_path / "missing.png", digit_png, "--output", rows)
+    assert_clean_error(result, 1, "2 of 3 file(s)", f"see {rows}", "a.png: not an image")
 
 
 # ------------------------------------------------------------------ bad safetensors

@@ -14,7 +14,7 @@ from PIL import Image, ImageFilter
 
 import preprocess_reference as reference
 from lenet_cli.bench import images
-from lenet_cli.data import lighting, preprocess, shape_notes
+from lenet_cli.data import lighting, order_stats, preprocess, shape_notes
 from lenet_cli.data.sources import load_gray_bytes
 
 
@@ -39,24 +39,24 @@ def test_median_and_quantile_equal_numpys_over_float64():
     rng = np.random.default_rng(0)
     for n in (1, 2, 3, 4, 17, 100, 4096):
         a = (rng.random(n) * 3).astype(np.float32)
-        assert lighting.median(a) == float(np.median(a.astype(np.float64)))
-        assert lighting.quantile(a.copy(), 0.95) == float(np.quantile(a.astype(np.float64), 0.95))
+        assert order_stats.median(a) == float(np.median(a.astype(np.float64)))
+        assert order_stats.quantile(a.copy(), 0.95) == float(np.quantile(a.astype(np.float64), 0.95))
 
 
 def test_large_selections_narrowed_by_a_sample_stay_exact():
     # From BRACKET_FROM elements a sample narrows the array first: skewed data, many ties, sorted
     # input and a NaN (which must fall back to the whole partition) give numpy's answer all the same.
     rng = np.random.default_rng(1)
-    n = lighting.BRACKET_FROM
+    n = order_stats.BRACKET_FROM
     cases = [rng.normal(size=40_000) ** 3, rng.integers(0, 4, n + 1) / 3, np.sort(rng.random(n + 2)),
              np.abs(rng.normal(size=65_537)), np.r_[np.zeros(30_000), rng.random(10_000)]]
     for a in (c.astype(np.float32) for c in cases):
-        assert lighting.median(a) == float(np.median(a.astype(np.float64)))
+        assert order_stats.median(a) == float(np.median(a.astype(np.float64)))
         for q in (0.05, 0.5, 0.95, 1.0):
-            assert lighting.quantile(a, q) == float(np.quantile(a.astype(np.float64), q))
+            assert order_stats.quantile(a, q) == float(np.quantile(a.astype(np.float64), q))
     with_nan = rng.random(n * 2).astype(np.float32)
     with_nan[7] = np.nan
-    assert lighting.median(with_nan) == (float(np.partition(with_nan, n - 1)[n - 1]) + float(np.partition(with_nan, n)[n])) / 2
+    assert order_stats.median(with_nan) == (float(np.partition(with_nan, n - 1)[n - 1]) + float(np.partition(with_nan, n)[n])) / 2
 
 
 def test_neighbouring_ranks_from_one_selection_are_partitions():
@@ -69,7 +69,7 @@ def test_neighbouring_ranks_from_one_selection_are_partitions():
             a[rng.integers(0, n, n // 3)] = np.nan
             for ranks in ([n // 2 - 1, n // 2], [0, 1], [n - 2, n - 1]):
                 part = np.partition(a, ranks)
-                want, got = [float(part[r]) for r in ranks], lighting._partition_at(a, ranks)
+                want, got = [float(part[r]) for r in ranks], order_stats._partition_at(a, ranks)
                 assert np.array_equal(want, got, equal_nan=True)
 
 
@@ -90,19 +90,29 @@ def test_a_one_row_image_still_fits_its_lighting():
     assert residual.shape == (1, 50) and np.isfinite(residual).all() and spread > 0.5
 
 
-def test_a_flat_background_skips_the_fit_and_a_lit_centre_does_not():
-    """An even border with most of the picture at its level is a flat field (range 0, the residual the
-    image minus that level); a spotlight inside an even border is still fitted and followed."""
+def test_a_flat_background_skips_the_fit(monkeypatch):
+    """An even border, most of the picture at its level and almost nothing in between: a flat field
+    (range 0, the residual the image minus that level), without a single least-squares solve."""
     canvas = np.zeros((280, 280), np.float32)
     canvas[60:220, 120:150] = 1.0  # a white bar on black: the serve page's canvas
+    monkeypatch.setattr(lighting, "_least_squares", lambda *a: pytest.fail("the fit ran on a flat canvas"))
     residual, spread = lighting.residual_from_lighting(canvas)
     assert spread == 0.0 and np.array_equal(residual, canvas)
-    y, x = np.mgrid[-1:1:200j, -1:1:200j]
-    lit = np.maximum(0.9 - 0.5 * (x**2 + y**2), 0.4).astype(np.float32)  # a spotlight; the rim, even, at 0.4
-    lit[80:120, 60:140] -= 0.3  # dark ink
-    residual, spread = lighting.residual_from_lighting(lit)
-    assert spread > lighting.MIN_CONTRAST  # fitted: the background map will follow the light
-    want, got = reference.to_mnist(lit), preprocess.to_mnist(lit)
+
+
+@pytest.mark.parametrize("light", ["shadow", "spotlight"])
+def test_uneven_light_inside_an_even_border_is_still_fitted(light):
+    """A soft shadow or a spotlight that leaves the border even is made of values between the paper's
+    level and the ink's: the fit runs, the background map follows the light, the output is the reference's."""
+    y, x = np.mgrid[-1:1:240j, -1:1:240j]
+    if light == "shadow":  # a page at 0.7 with a soft central shadow 0.2 deep
+        gray = (0.7 - 0.2 * np.clip(1 - np.hypot(x, y) / 0.7, 0, 1)).astype(np.float32)
+    else:  # bright in the middle, clipped to an even 0.3 towards the rim
+        gray = np.maximum(0.8 - 0.5 * (x**2 + y**2), 0.3).astype(np.float32)
+    gray[40:200, 115:125] = 0.15  # a dark "1"
+    residual, spread = lighting.residual_from_lighting(gray)
+    assert spread > lighting.MIN_CONTRAST
+    want, got = reference.to_mnist(gray), preprocess.to_mnist(gray)
     assert np.array_equal(want.pixels, got.pixels) and want.inverted == got.inverted
 
 
@@ -112,6 +122,33 @@ def test_the_fit_solves_a_regular_system_as_lstsq_does():
     keep = values < 0.8
     want = np.linalg.lstsq(basis[keep], values[keep], rcond=None)[0]
     assert np.allclose(lighting._least_squares(basis, products, values, keep), want, rtol=1e-9, atol=1e-12)
+
+
+@pytest.mark.parametrize("strength, rim", [(0.2, None), (0.35, 0.3), (0.5, None), (0.5, 0.2), (0.5, 0.4)])
+@pytest.mark.parametrize("ink", [0.1, 0.4])
+def test_vignettes_get_the_references_output(strength, rim, ink):
+    """A flash photo of paper: bright in the middle, darker (or evenly clipped) towards the rim, with
+    noise. The lighting decisions, and so the output, are the reference's (a 32-pixel fit flipped the
+    polarity of 3 of 72 such pages: the fit stays at 64)."""
+    y, x = np.mgrid[-1:1:240j, -1:1:240j]
+    gray = 0.85 - strength * (x**2 + y**2)
+    gray = (gray if rim is None else np.maximum(gray, rim)).astype(np.float32)
+    gray[40:200, 112:126] = np.minimum(gray[40:200, 112:126], ink)
+    gray = np.clip(gray + np.random.default_rng(0).normal(0, 0.02, gray.shape).astype(np.float32), 0, 1)
+    want, got = reference.to_mnist(gray), preprocess.to_mnist(gray)
+    assert np.array_equal(want.pixels, got.pixels) and want.inverted == got.inverted
+
+
+@pytest.mark.parametrize("kept", ["one row", "a row and a column"])
+def test_a_singular_fit_takes_the_minimum_norm_answer(kept):
+    """Kept pixels along one row, or on a row and a column (a conic: xy, x and y are then dependent), make
+    the 6x6 system singular; inverting it would return arbitrary coefficients without failing."""
+    basis, products = lighting._basis(32, 32)
+    values = np.random.default_rng(1).random(32 * 32)
+    rows, cols = np.divmod(np.arange(32 * 32), 32)
+    keep = (rows == 5) if kept == "one row" else (rows == 5) | (cols == 7)
+    want = np.linalg.lstsq(basis[keep], values[keep], rcond=None)[0]
+    assert np.allclose(lighting._least_squares(basis, products, values, keep), want, atol=1e-8)
 
 
 def test_a_big_jpeg_is_decoded_in_draft_mode_but_not_below_the_minimum_side():
