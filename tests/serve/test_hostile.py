@@ -15,14 +15,14 @@ import urllib.error
 import urllib.request
 
 import pytest
+from serve_client import digit_png
 
+from lenet_cli.model.weights import bundled_onnx_path
 from lenet_cli.serve.app import create_app
 from lenet_cli.serve.classify import ServeConfig, served_model
 from lenet_cli.serve.limits import Limits
 from lenet_cli.serve.server import bind, run
 from lenet_cli.utils.signals import StopSignal
-from lenet_cli.model.weights import bundled_onnx_path
-from test_serve import digit_png
 
 LIMITS = Limits(headers_timeout_s=2.0, body_timeout_s=2.0, keep_alive_s=2.0, linger_s=3.0, linger_idle_s=1.0)
 BIG = 30 * 1024 * 1024  # three times the 10 MiB limit

@@ -14,7 +14,7 @@ from pathlib import Path
 import handwriting
 import numpy as np
 import pytest
-from test_serve import start_serve
+from serve_client import start_serve
 
 pytestmark = pytest.mark.slow  # every test here starts a browser
 
