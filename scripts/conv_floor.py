@@ -40,11 +40,12 @@ def profile_step(steps: int) -> dict:
     from lenet_cli.model.cpu_paths import speed_up
     from lenet_cli.model.lenet5 import build_model
     from lenet_cli.training.config import TrainConfig
+    from lenet_cli.utils.memory import TRAINING_TRIM_THRESHOLD, reuse_freed_memory
 
     device = torch.device("cpu")
     cfg = recipe.resolve_precision(TrainConfig(), device)  # what `lenet train` runs here
     recipe.seed_everything(cfg.seed)
-    recipe.keep_freed_memory()
+    reuse_freed_memory(TRAINING_TRIM_THRESHOLD)  # as the training setup does on the CPU
     model = build_model(cfg.preset).train()
     net = speed_up(model, device)
     opt = recipe.build_optimizer(model, cfg, device)

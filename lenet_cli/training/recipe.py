@@ -8,11 +8,9 @@ gives the same augmentation on every device.
 
 from __future__ import annotations
 
-import ctypes
 import dataclasses
 import functools
 import math
-import sys
 from typing import TYPE_CHECKING, Any
 
 from lenet_cli.training.config import TrainConfig
@@ -30,25 +28,6 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
     if torch.cuda.is_available():
         torch.cuda.manual_seed_all(seed)
-
-
-def keep_freed_memory() -> None:
-    """Let glibc reuse freed memory for the training step's tensors instead of unmapping it.
-
-    A CPU step allocates and frees dozens of 1-10 MB tensors. glibc serves blocks that big
-    with mmap and unmaps them on free, so each step page-faults its tensors in again; with
-    the thresholds raised they stay in the heap (batch 512 on 2 cores: ~25% more images/s).
-    A process-wide setting that stays for the life of the process: a notebook that trains
-    keeps up to 512 MiB of freed heap. Only the training paths call it; a no-op off glibc.
-    """
-    if not sys.platform.startswith("linux"):
-        return
-    try:
-        libc = ctypes.CDLL("libc.so.6")
-        libc.mallopt(-3, 32 << 20)  # M_MMAP_THRESHOLD: glibc's maximum, 32 MiB on 64-bit
-        libc.mallopt(-1, 512 << 20)  # M_TRIM_THRESHOLD: keep up to 512 MiB of free heap
-    except (OSError, AttributeError):  # not glibc (musl): nothing to tune
-        pass
 
 
 def to_device(t: "torch.Tensor", device: "torch.device", dtype: "torch.dtype | None" = None) -> "torch.Tensor":

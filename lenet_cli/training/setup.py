@@ -19,10 +19,10 @@ from lenet_cli.training.recipe import (
     build_ema,
     build_optimizer,
     build_schedule,
-    keep_freed_memory,
     seed_everything,
     train_step,
 )
+from lenet_cli.utils.memory import TRAINING_TRIM_THRESHOLD, reuse_freed_memory
 
 if TYPE_CHECKING:  # pragma: no cover
     import torch
@@ -78,7 +78,7 @@ def build_setup(cfg: TrainConfig, model_cfg: "ModelConfig | str", device: "torch
 
     seed_everything(cfg.seed)
     if device.type == "cpu":
-        keep_freed_memory()
+        reuse_freed_memory(TRAINING_TRIM_THRESHOLD)
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = False
         torch.backends.cudnn.deterministic = True

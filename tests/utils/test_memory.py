@@ -44,3 +44,21 @@ def test_the_users_own_malloc_settings_win(monkeypatch):
     env = {**os.environ, "MALLOC_TRIM_THRESHOLD_": "131072"}
     was_set, _ = _faults("on", env)
     assert was_set == "False"
+
+
+def test_nothing_happens_off_linux_or_without_glibc(monkeypatch):
+    import ctypes
+
+    from lenet_cli.utils import memory
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("libc must not be loaded here")
+
+    monkeypatch.setattr(ctypes, "CDLL", refuse)
+    monkeypatch.setattr(memory.sys, "platform", "darwin")
+    assert memory.reuse_freed_memory() is False
+    monkeypatch.setattr(memory.sys, "platform", "linux")
+    monkeypatch.setattr(ctypes, "CDLL", lambda *a, **k: (_ for _ in ()).throw(OSError("no glibc")))
+    for name in memory.USER_SETTINGS:
+        monkeypatch.delenv(name, raising=False)
+    assert memory.reuse_freed_memory() is False  # musl and friends: nothing to tune, no error
