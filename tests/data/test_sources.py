@@ -46,8 +46,8 @@ def predict_json(*args, input: bytes | None = None) -> tuple[int, dict]:
 @pytest.mark.slow
 def test_accuracy_on_real_usps_scans():
     """Real envelope digits (16x16, thick strokes): every 5th of usps-train, at least 98.8% right."""
-    from lenet_cli.inference.backends import OnnxBackend
     from lenet_cli.data.preprocess import prepare_file
+    from lenet_cli.inference.backends import OnnxBackend
     from lenet_cli.model.weights import bundled_onnx_path
 
     files = sorted(USPS.glob("[0-9]/*.png"))[::5]
@@ -320,55 +320,3 @@ def test_a_steep_line_is_how_people_write_a_one_and_gets_no_note(angle):
     from lenet_cli.data.preprocess import shape_notes
 
     assert shape_notes(_line(angle)) == []
-
-
-def _rotated_image(path: Path, where: str, upside_down: np.ndarray) -> None:
-    """Save `upside_down` with the orientation "rotate 180 to display" in one of the places Pillow reads it from."""
-    import struct
-    import zlib
-
-    from PIL import Image, PngImagePlugin
-
-    exif = Image.Exif()
-    exif[0x0112] = 3
-    img = Image.fromarray(upside_down)
-    if where == "webp exif":
-        img.save(path, format="WEBP", lossless=True, exif=exif)
-        return
-    info = PngImagePlugin.PngInfo()
-    if where == "png xmp":
-        info.add_itxt("XML:com.adobe.xmp", '<x:xmpmeta><rdf:Description tiff:Orientation="3"/></x:xmpmeta>')
-    elif where == "png raw profile":
-        data = exif.tobytes()
-        info.add_text("Raw profile type exif", f"\nexif\n{len(data):8d}\n{data.hex()}")
-    buf = io.BytesIO()
-    img.save(buf, format="PNG", pnginfo=info, **({"exif": exif} if where.startswith("png exif") else {}))
-    png = buf.getvalue()
-    if where == "png exif after pixels":  # move the eXIf chunk behind IDAT: Pillow reads it only on load()
-        chunks, at = [], 8
-        while at < len(png):
-            (length,) = struct.unpack(">I", png[at : at + 4])
-            chunks.append(png[at : at + 12 + length])
-            at += 12 + length
-        exif_chunk = next(c for c in chunks if c[4:8] == b"eXIf")
-        chunks.remove(exif_chunk)
-        chunks.insert(len(chunks) - 1, exif_chunk)  # before IEND
-        png = png[:8] + b"".join(chunks)
-        assert zlib.crc32(exif_chunk[4:-4]) == struct.unpack(">I", exif_chunk[-4:])[0]
-    path.write_bytes(png)
-
-
-WHERE_ORIENTATION = ["png exif", "png exif after pixels", "png xmp", "png raw profile", "webp exif"]
-
-
-@pytest.mark.parametrize("where", WHERE_ORIENTATION)
-def test_an_orientation_is_honoured_wherever_pillow_finds_one(tmp_path, where):
-    """Orientation is looked up only where an image can hold one: each of those places is still read."""
-    from lenet_cli.data.sources import load_gray
-
-    upright = np.zeros((30, 20), np.uint8)
-    upright[2:8, 3:17] = 255  # a bar near the top
-    path = tmp_path / ("rotated.webp" if where.startswith("webp") else "rotated.png")
-    _rotated_image(path, where, upright[::-1, ::-1].copy())
-    gray, _ = load_gray(path)
-    assert np.array_equal(np.round(gray * 255).astype(np.uint8), upright)
