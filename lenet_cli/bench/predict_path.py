@@ -51,10 +51,10 @@ def _kinds(job: dict[str, Any]) -> dict[str, list[bytes]]:
 def measure_preprocess(job: dict[str, Any]) -> dict[str, Any]:
     """Median ms per image, per kind: decode + preprocessing, and preprocessing alone."""
     from lenet_cli.data.preprocess import to_mnist
+    from lenet_cli.data.sources import load_gray_bytes
     from lenet_cli.utils.memory import reuse_freed_memory
 
     reuse_freed_memory()  # as `lenet predict` and `lenet serve` do
-    from lenet_cli.data.sources import load_gray_bytes
 
     rows = []
     for kind, files in _kinds(job).items():

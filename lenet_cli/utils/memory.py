@@ -27,10 +27,12 @@ USER_SETTINGS = ("MALLOC_MMAP_THRESHOLD_", "MALLOC_TRIM_THRESHOLD_", "MALLOC_TOP
 def reuse_freed_memory(trim_threshold: int = TRIM_THRESHOLD) -> bool:
     """Raise glibc's mmap and trim thresholds for this process; True if they were set.
 
-    Nothing happens off Linux, under another C library, or when the user set malloc's own
-    environment variables (theirs win).
+    Nothing happens off Linux, under another C library, or when the user tuned malloc through
+    its environment variables (MALLOC_*_ or GLIBC_TUNABLES): theirs win.
     """
     if not sys.platform.startswith("linux") or any(name in os.environ for name in USER_SETTINGS):
+        return False
+    if "glibc.malloc." in os.environ.get("GLIBC_TUNABLES", ""):  # the other way users tune it
         return False
     try:
         mallopt = ctypes.CDLL("libc.so.6").mallopt

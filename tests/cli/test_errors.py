@@ -1,15 +1,16 @@
 """Every kind of bad input through the real CLI: the exit code, one line on stderr that says what was
-wrong and what to do, and never a traceback (unless `--debug` asks for one). Here: missing and unreadable files, images that
-are not images, devices, numbers out of range; test_errors_weights.py: weights files;
-test_errors_io.py: MNIST, outputs, --debug, a closed stdout. Shared: tests/clean_errors.py and
-tests/cli/conftest.py.
+wrong and what to do, and never a traceback (unless `--debug` asks for one). Here: missing and
+unreadable files, images that are not images, devices, numbers out of range; test_errors_weights.py:
+weights files; test_errors_io.py: MNIST, outputs, --debug, a closed stdout. Shared:
+tests/clean_errors.py and tests/cli/conftest.py.
 
 Cases already covered the same way elsewhere, not repeated here:
 test_cli.py: test_eval_bad_weights (garbage / missing --weights for eval), test_eval_cuda_absent,
 test_train_missing_data_offline, test_train_bad_options_are_usage_errors (--epochs 0, --batch-size 0,
 --lr -1, --device gpu, --arch), test_bench_bad_batch_sizes ('1,x');
-test_predict.py: test_bad_input_is_reported_in_its_row_and_others_still_run (per-file image errors
-in --json rows), test_no_images_is_a_usage_error, test_unwritable_preview_folder_fails_before_work;
+test_predict_bad_inputs.py: test_bad_input_is_reported_in_its_row_and_others_still_run (per-file
+image errors in --json rows), test_a_pattern_that_finds_no_images_is_a_usage_error,
+test_unwritable_preview_folder_fails_before_work;
 test_export.py: mismatched and truncated weights for export.
 """
 

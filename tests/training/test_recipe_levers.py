@@ -8,9 +8,7 @@ import json
 import numpy as np
 import pytest
 import torch
-from test_resume import (
-    StopAt,  # the Events that asks for a stop at (epoch, step), as a Ctrl-C would
-)
+from resumable import StopAt  # the Events that asks for a stop at (epoch, step), as a Ctrl-C would
 from typer.testing import CliRunner
 
 from lenet_cli.training.checkpoint import CHECKPOINT_NAME, load_checkpoint, save_checkpoint

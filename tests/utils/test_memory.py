@@ -38,11 +38,13 @@ def test_freed_arrays_are_reused_instead_of_faulted_in_again():
     assert with_setting < 100 < without, (with_setting, without)  # about 0 against about 9,000 here
 
 
-def test_the_users_own_malloc_settings_win(monkeypatch):
+@pytest.mark.parametrize("setting", [("MALLOC_TRIM_THRESHOLD_", "131072"),
+                                     ("GLIBC_TUNABLES", "glibc.malloc.trim_threshold=131072")])
+def test_the_users_own_malloc_settings_win(setting):
     import os
 
-    env = {**os.environ, "MALLOC_TRIM_THRESHOLD_": "131072"}
-    was_set, _ = _faults("on", env)
+    name, value = setting
+    was_set, _ = _faults("on", {**os.environ, name: value})
     assert was_set == "False"
 
 
@@ -59,6 +61,6 @@ def test_nothing_happens_off_linux_or_without_glibc(monkeypatch):
     assert memory.reuse_freed_memory() is False
     monkeypatch.setattr(memory.sys, "platform", "linux")
     monkeypatch.setattr(ctypes, "CDLL", lambda *a, **k: (_ for _ in ()).throw(OSError("no glibc")))
-    for name in memory.USER_SETTINGS:
+    for name in (*memory.USER_SETTINGS, "GLIBC_TUNABLES"):
         monkeypatch.delenv(name, raising=False)
     assert memory.reuse_freed_memory() is False  # musl and friends: nothing to tune, no error
