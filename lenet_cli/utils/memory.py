@@ -12,7 +12,6 @@ setting that lasts the life of the process.
 
 from __future__ import annotations
 
-import ctypes
 import os
 import sys
 
@@ -34,6 +33,8 @@ def reuse_freed_memory(trim_threshold: int = TRIM_THRESHOLD) -> bool:
         return False
     if "glibc.malloc." in os.environ.get("GLIBC_TUNABLES", ""):  # the other way users tune it
         return False
+    import ctypes  # here, not at import: `lenet --help` loads this module and needs none of it
+
     try:
         mallopt = ctypes.CDLL("libc.so.6").mallopt
     except (OSError, AttributeError):  # musl, or no libc.so.6
