@@ -80,7 +80,8 @@ def _quiet_worker(parent: int) -> None:
 
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     follow_parent(parent, lambda: os._exit(0))
-    reuse_freed_memory()  # inherited with fork; spawned workers set it here
+    # `lenet predict` set it before forking; a program calling the API did not, but the workers are lenet's.
+    reuse_freed_memory()
 
 
 def _context():

@@ -55,7 +55,7 @@ def _serve_one(spec: WorkerSpec, sock: socket.socket, ready: Any, count: Any, pa
     # A parent killed outright cannot send SIGTERM: the process sends it to itself (a graceful stop),
     # instead of serving on as an orphan that holds the port.
     follow_parent(parent, lambda: os.kill(os.getpid(), signal.SIGTERM))
-    reuse_freed_memory()  # every request preprocesses an image: utils/memory.py
+    reuse_freed_memory()  # spawned: nothing is inherited, and every request preprocesses an image
     from lenet_cli.serve.app import create_app
     from lenet_cli.serve.classify import served_model
     from lenet_cli.serve.server import run
